@@ -1,0 +1,34 @@
+"""natten_ops: 2-D neighborhood attention (plain, dilated, with relative positional bias, Hydra head
+groups) with a pure-PyTorch reference, C++ CPU kernels and a flex_attention backend.
+
+Semantics: NATTEN 0.14-0.17 (see shared/spec/neighborhood-attention.md). Layout ``[B, heads, H, W, D]``.
+"""
+
+from natten_ops._build import BuildError
+from natten_ops.functional import (
+    BACKENDS,
+    BackendUnavailable,
+    available_backends,
+    na2d,
+    na2d_av,
+    na2d_grouped,
+    na2d_qk,
+    unavailable_reason,
+)
+from natten_ops.groups import HeadGroup
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailable",
+    "BuildError",
+    "HeadGroup",
+    "available_backends",
+    "na2d",
+    "na2d_av",
+    "na2d_grouped",
+    "na2d_qk",
+    "unavailable_reason",
+    "__version__",
+]

@@ -1,0 +1,186 @@
+"""Just-in-time build of the C++/CUDA kernels, cached by a hash of everything that affects the binary.
+
+One loader for all compiled code (the stylegan3 pattern):
+
+- the cache key hashes the sources, the compiler flags, the torch / Python versions and (for
+  ``-march=native`` builds) the CPU's instruction-set flags, so a change to any of them rebuilds and
+  nothing else does;
+- builds happen in a private temporary folder and are published with an atomic rename, under a file
+  lock, so two processes (DDP ranks, pytest workers) that start at once build once and never see a
+  half-written module;
+- one status line by default, the full compiler log with ``NATTEN_OPS_VERBOSE=1``;
+- a failure raises :class:`BuildError` saying what is missing and how to fall back.
+
+Nothing is compiled at import time: the first call that needs a kernel triggers the build, or
+``python -m natten_ops build`` does it ahead of time.
+
+Cache folder: ``$NATTEN_OPS_CACHE`` or ``~/.cache/natten_ops``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.util
+import os
+import platform
+import shutil
+import sys
+import sysconfig
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+CSRC = Path(__file__).parent / "csrc"
+_loaded: dict[str, ModuleType] = {}
+
+
+class BuildError(RuntimeError):
+    """The kernels could not be built or loaded; the message says why and how to fall back."""
+
+
+@dataclass(frozen=True)
+class Extension:
+    """A compiled module: its sources (relative to csrc/), headers that affect it, and flags."""
+
+    name: str
+    sources: tuple[str, ...]
+    headers: tuple[str, ...]
+    cflags: tuple[str, ...]
+    cuda_cflags: tuple[str, ...] = ()
+    with_cuda: bool = False
+    extra: tuple[str, ...] = field(default=())  # other strings that change the binary (e.g. arch list)
+
+
+CPU_EXTENSION = Extension(
+    name="natten_ops_cpu",
+    sources=("cpu/na2d_cpu.cpp", "cpu/bindings.cpp"),
+    headers=("na2d_index.h",),
+    cflags=("-O3", "-march=native", "-fopenmp-simd"),
+)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("NATTEN_OPS_CACHE", Path.home() / ".cache" / "natten_ops"))
+
+
+def _verbose() -> bool:
+    return os.environ.get("NATTEN_OPS_VERBOSE", "0") not in ("", "0")
+
+
+def _cpu_flags() -> str:
+    """The processor's instruction-set flags (they decide what -march=native emits)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def build_key(ext: Extension) -> str:
+    """A hash of every input that changes the compiled module."""
+    digest = hashlib.sha256()
+    for rel in ext.sources + ext.headers:
+        digest.update(rel.encode())
+        digest.update((CSRC / rel).read_bytes())
+    for item in (*ext.cflags, *ext.cuda_cflags, *ext.extra, torch.__version__, sys.version, _cpu_flags()):
+        digest.update(item.encode())
+    return digest.hexdigest()[:16]
+
+
+def missing_tools(ext: Extension) -> list[str]:
+    """What the build needs and this machine lacks, as human-readable items."""
+    from torch.utils import cpp_extension
+
+    missing = []
+    if not cpp_extension.is_ninja_available():
+        missing.append("ninja (pip install ninja)")
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        missing.append(f"a C++ compiler ({compiler!r} not on PATH; e.g. apt-get install g++)")
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists():
+        missing.append("the Python headers (Python.h; e.g. apt-get install python3-dev)")
+    if ext.with_cuda and cpp_extension.CUDA_HOME is None:
+        missing.append("the CUDA toolkit (nvcc; set CUDA_HOME)")
+    return missing
+
+
+def _import_from(path: Path, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _compile(ext: Extension, build_dir: Path) -> None:
+    from torch.utils import cpp_extension
+
+    cpp_extension.load(
+        name=ext.name,
+        sources=[str(CSRC / s) for s in ext.sources],
+        extra_include_paths=[str(CSRC)],
+        extra_cflags=list(ext.cflags),
+        extra_cuda_cflags=list(ext.cuda_cflags),
+        build_directory=str(build_dir),
+        with_cuda=ext.with_cuda,
+        is_python_module=True,
+        verbose=_verbose(),
+    )
+    built = build_dir / f"{ext.name}.so"
+    if not built.exists():
+        raise BuildError(f"natten_ops: the build of {ext.name} produced no module in {build_dir}")
+
+
+def load(ext: Extension) -> ModuleType:
+    """Return the compiled module for ``ext``, building it first if the cache has no current copy."""
+    if ext.name in _loaded:
+        return _loaded[ext.name]
+    missing = missing_tools(ext)
+    target = cache_root() / f"{ext.name}-{build_key(ext)}"
+    module_path = target / f"{ext.name}.so"
+    if not module_path.exists():
+        if missing:
+            raise BuildError(
+                f"natten_ops: cannot build {ext.name}: missing " + "; ".join(missing)
+                + ". Install them, or use backend='reference' (pure PyTorch, slow) instead."
+            )
+        cache_root().mkdir(parents=True, exist_ok=True)
+        with open(cache_root() / f"{ext.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same key
+            if not module_path.exists():
+                _build_and_publish(ext, target, module_path)
+    try:
+        module = _import_from(module_path, ext.name)
+    except ImportError as err:
+        raise BuildError(f"natten_ops: cannot load {module_path}: {err}. Delete that folder to rebuild.") from err
+    _loaded[ext.name] = module
+    return module
+
+
+def _build_and_publish(ext: Extension, target: Path, module_path: Path) -> None:
+    print(f"natten_ops: building {ext.name} (first use; takes a minute) -> {target}", file=sys.stderr, flush=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{ext.name}-", dir=cache_root()))
+    try:
+        _compile(ext, staging)
+        if target.exists():
+            shutil.rmtree(target)  # a stale copy without a module (e.g. an interrupted manual clean-up)
+        os.rename(staging, target)  # atomic publish
+    except Exception as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(err, BuildError):
+            raise
+        hint = "" if _verbose() else " Re-run with NATTEN_OPS_VERBOSE=1 for the full compiler log."
+        raise BuildError(
+            f"natten_ops: building {ext.name} failed: {err}.{hint} "
+            "Use backend='reference' to run without compiled kernels."
+        ) from err
+
+
+def load_cpu() -> ModuleType:
+    """The CPU kernels (built on first use)."""
+    return load(CPU_EXTENSION)

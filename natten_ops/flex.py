@@ -1,0 +1,122 @@
+"""torch ``flex_attention`` backend: the comparison peer in benchmarks and a fallback on GPUs.
+
+Neighborhood attention becomes flex attention over the flattened ``H*W`` tokens with:
+
+- a ``mask_mod`` that admits key ``(a, c)`` for query ``(i, j)`` iff both axes are in the query's
+  window (same dilation group, within ``k`` dilated steps of the clamped window start), per head,
+  so Hydra head groups with different kernels and dilations share one call;
+- a ``score_mod`` that adds the RPB entry ``rpb[h, (k_h-1) + (a-i)/d_h, (k_w-1) + (c-j)/d_w]`` from
+  one flat table of all groups (indices clamped so masked-out pairs read a valid entry).
+
+The flex kernel is compiled with ``torch.compile`` on first use and block masks are cached per
+(shape, groups, device). torch has no flex_attention backward on the CPU: there this backend serves
+inference only, and asking it for gradients is an error.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from natten_ops.groups import HeadGroup
+
+try:
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+except ImportError:  # torch < 2.5
+    create_block_mask = flex_attention = None
+
+
+def unavailable_reason(op: str, device: torch.device, dtype: torch.dtype, needs_grad: bool) -> Optional[str]:
+    if flex_attention is None:
+        return f"torch {torch.__version__} has no flex_attention (needs torch >= 2.5)"
+    if op != "na2d":
+        return "flex serves the fused na2d only"
+    if device.type not in ("cpu", "cuda"):
+        return f"flex_attention does not run on {device.type}"
+    if device.type == "cpu" and needs_grad:
+        return "torch's flex_attention has no backward on the CPU (use backend='cpu' for training)"
+    if device.type == "cpu" and dtype == torch.float16:
+        return "flex_attention on the CPU does not take float16"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_flex():
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _window_start(pos: Tensor, length: int, kernel: Tensor, dilation: Tensor) -> Tensor:
+    """Axis position of the first key in the window of ``pos`` (tensor form of na2d_index.h)."""
+    group = pos % dilation
+    group_length = (length - 1 - group) // dilation + 1
+    start = torch.minimum((pos // dilation - kernel // 2).clamp(min=0), group_length - kernel)
+    return group + dilation * start
+
+
+class _Pattern:
+    """Per-head window parameters as ``[heads]`` tensors, and the mask / bias functions over them."""
+
+    def __init__(self, groups: Sequence[HeadGroup], height: int, width: int, device):
+        per_head = [(g.kernel_size, g.dilation) for g in groups for _ in range(g.heads)]
+        as_tensor = functools.partial(torch.tensor, dtype=torch.int64, device=device)
+        self.kh = as_tensor([k[0] for k, _ in per_head])
+        self.kw = as_tensor([k[1] for k, _ in per_head])
+        self.dh = as_tensor([d[0] for _, d in per_head])
+        self.dw = as_tensor([d[1] for _, d in per_head])
+        self.height, self.width = height, width
+
+    def _axis_in_window(self, query, key, length, kernel, dilation):
+        offset = key - _window_start(query, length, kernel, dilation)
+        return (offset >= 0) & (offset < kernel * dilation) & (offset % dilation == 0)
+
+    def mask(self, b, h, q_idx, kv_idx):
+        qi, qj = q_idx // self.width, q_idx % self.width
+        ki, kj = kv_idx // self.width, kv_idx % self.width
+        rows = self._axis_in_window(qi, ki, self.height, self.kh[h], self.dh[h])
+        return rows & self._axis_in_window(qj, kj, self.width, self.kw[h], self.dw[h])
+
+
+def _bias_tables(groups: Sequence[HeadGroup], dtype, device) -> tuple[Tensor, Tensor]:
+    """All groups' RPB tables flattened into one vector, and each head's offset into it."""
+    chunks, offsets, start = [], [], 0
+    for g in groups:
+        kh, kw = g.kernel_size
+        table = g.rpb if g.rpb is not None else torch.zeros(g.heads, 2 * kh - 1, 2 * kw - 1, device=device)
+        chunks.append(table.to(dtype).reshape(-1))
+        offsets += [start + head * (2 * kh - 1) * (2 * kw - 1) for head in range(g.heads)]
+        start += table.numel()
+    return torch.cat(chunks), torch.tensor(offsets, dtype=torch.int64, device=device)
+
+
+@functools.lru_cache(maxsize=32)
+def _block_mask(signature: tuple, heads: int, height: int, width: int, device: torch.device):
+    groups = [HeadGroup(n, k, d) for n, k, d in signature]
+    pattern = _Pattern(groups, height, width, device)
+    tokens = height * width
+    return create_block_mask(pattern.mask, B=None, H=heads, Q_LEN=tokens, KV_LEN=tokens,
+                             device=device, _compile=True), pattern
+
+
+def na2d(q: Tensor, k: Tensor, v: Tensor, groups: Sequence[HeadGroup], scale: float) -> Tensor:
+    """Fused NA via flex_attention; same contract as ``natten_ops.reference.na2d``."""
+    B, heads, H, W, D = q.shape
+    signature = tuple((g.heads, g.kernel_size, g.dilation) for g in groups)
+    block_mask, pattern = _block_mask(signature, heads, H, W, q.device)
+    score_mod = None
+    if any(g.rpb is not None for g in groups):
+        table, offsets = _bias_tables(groups, torch.float32, q.device)
+        kh, kw, dh, dw = pattern.kh, pattern.kw, pattern.dh, pattern.dw
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            qi, qj = q_idx // W, q_idx % W
+            ki, kj = kv_idx // W, kv_idx % W
+            row = (kh[h] - 1 + (ki - qi) // dh[h]).clamp(0, 2 * kh[h] - 2)
+            col = (kw[h] - 1 + (kj - qj) // dw[h]).clamp(0, 2 * kw[h] - 2)
+            return score + table[offsets[h] + row * (2 * kw[h] - 1) + col]
+
+    flat = [x.reshape(B, heads, H * W, D) for x in (q, k, v)]
+    out = _compiled_flex()(*flat, score_mod=score_mod, block_mask=block_mask, scale=scale)
+    return out.reshape(B, heads, H, W, D)

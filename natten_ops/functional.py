@@ -1,0 +1,353 @@
+"""The public neighborhood-attention functions: argument checks, backend choice and autograd.
+
+Every call is validated here, once, with errors that name the argument and show the values; backends
+only ever see normalised arguments (``HeadGroup`` lists with pair-valued kernel sizes and dilations).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from natten_ops import _build, flex, reference
+from natten_ops.groups import HeadGroup, IntOrPair, as_pair
+
+logger = logging.getLogger("natten_ops")
+
+BACKENDS = ("reference", "cpu", "cuda", "flex")
+OPS = ("na2d", "na2d_qk", "na2d_av")
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run this call; the message says why and what to use instead."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks
+
+
+def _check_attention_tensor(x, name: str) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 5:
+        raise ValueError(f"{name} must be 5-D [batch, heads, height, width, head_dim], got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+
+
+def _check_like(x: Tensor, ref: Tensor, name: str, ref_name: str, dims: int = 5) -> None:
+    if x.device != ref.device:
+        raise ValueError(f"{name} is on {x.device} but {ref_name} is on {ref.device}")
+    if x.dtype != ref.dtype:
+        raise TypeError(f"{name} has dtype {x.dtype} but {ref_name} has {ref.dtype}")
+    if x.shape[:dims] != ref.shape[:dims]:
+        raise ValueError(f"{name} has shape {tuple(x.shape)} but {ref_name} has {tuple(ref.shape)}"
+                         + ("" if dims == 5 else f" (the first {dims} dims must match)"))
+
+
+def _check_window(group: HeadGroup, height: int, width: int, where: str = "") -> None:
+    for axis, (k, d, length) in enumerate(zip(group.kernel_size, group.dilation, (height, width))):
+        axis_name = ("height", "width")[axis]
+        if k < 2 or k % 2 == 0:
+            raise ValueError(f"{where}kernel_size must be odd and > 1 on every axis, got {group.kernel_size}")
+        if d < 1:
+            raise ValueError(f"{where}dilation must be >= 1 on every axis, got {group.dilation}")
+        if k * d > length:
+            raise ValueError(
+                f"{where}kernel_size * dilation must not exceed the input {axis_name}: "
+                f"{k} * {d} = {k * d} > {length} (axis {axis}). Use a smaller kernel or dilation, or pad the input."
+            )
+
+
+def _check_rpb(rpb, group: HeadGroup, ref: Tensor, where: str = "") -> None:
+    if rpb is None:
+        return
+    if not isinstance(rpb, Tensor):
+        raise TypeError(f"{where}rpb must be a torch.Tensor or None, got {type(rpb).__name__}")
+    kh, kw = group.kernel_size
+    expected = (group.heads, 2 * kh - 1, 2 * kw - 1)
+    if tuple(rpb.shape) != expected:
+        raise ValueError(f"{where}rpb must have shape [heads, 2*k_h-1, 2*k_w-1] = {list(expected)}, "
+                         f"got {list(rpb.shape)}")
+    if rpb.device != ref.device:
+        raise ValueError(f"{where}rpb is on {rpb.device} but the input is on {ref.device}")
+    if not rpb.is_floating_point():
+        raise TypeError(f"{where}rpb must be floating point, got {rpb.dtype}")
+
+
+def _check_groups(groups: Sequence[HeadGroup], q: Tensor) -> list[HeadGroup]:
+    groups = list(groups)
+    if not groups or not all(isinstance(g, HeadGroup) for g in groups):
+        raise TypeError("groups must be a non-empty sequence of natten_ops.HeadGroup")
+    heads = sum(g.heads for g in groups)
+    if heads != q.shape[1]:
+        raise ValueError(f"the head groups cover {heads} heads ({[g.heads for g in groups]}) "
+                         f"but q has {q.shape[1]} heads")
+    for index, group in enumerate(groups):
+        where = f"group {index}: " if len(groups) > 1 else ""
+        _check_window(group, q.shape[2], q.shape[3], where)
+        _check_rpb(group.rpb, group, q, where)
+    return groups
+
+
+def _check_backend(backend) -> None:
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled kernels (CPU now; CUDA shares the interface) behind autograd Functions
+
+
+def _group_table(groups: Sequence[HeadGroup]) -> Tensor:
+    """``[G, 6]`` int64 = (head_begin, head_end, kh, kw, dh, dw): how the kernels read head groups."""
+    rows, head = [], 0
+    for g in groups:
+        rows.append([head, head + g.heads, *g.kernel_size, *g.dilation])
+        head += g.heads
+    return torch.tensor(rows, dtype=torch.int64)
+
+
+_NO_BIAS = torch.empty(0)
+
+
+class _FusedNA2D(torch.autograd.Function):
+    """Fused NA: the forward saves (out, lse), the backward recomputes the attention weights."""
+
+    @staticmethod
+    def forward(ctx, ext, table: Tensor, scale: float, q: Tensor, k: Tensor, v: Tensor, *rpbs):
+        biases = [r if r is not None else _NO_BIAS.to(q) for r in rpbs]
+        out, lse = ext.na2d_forward(q, k, v, table, biases, scale)
+        ctx.ext, ctx.scale, ctx.has_bias = ext, scale, [r is not None for r in rpbs]
+        ctx.save_for_backward(q, k, v, out, lse, table, *biases)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        q, k, v, out, lse, table, *biases = ctx.saved_tensors
+        dq, dk, dv, *drpbs = ctx.ext.na2d_backward(grad_out.contiguous(), q, k, v, out, lse, table, biases, ctx.scale)
+        drpbs = [d if has else None for d, has in zip(drpbs, ctx.has_bias)]
+        return None, None, None, dq, dk, dv, *drpbs
+
+
+class _NA2DQK(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, ext, table: Tensor, q: Tensor, k: Tensor, rpb: Optional[Tensor]):
+        ctx.ext, ctx.has_bias = ext, rpb is not None
+        ctx.save_for_backward(q, k, table)
+        return ext.na2d_qk_forward(q, k, table, rpb if rpb is not None else _NO_BIAS.to(q))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_attn: Tensor):
+        q, k, table = ctx.saved_tensors
+        dq, dk, drpb = ctx.ext.na2d_qk_backward(grad_attn.contiguous(), q, k, table, ctx.has_bias)
+        return None, None, dq, dk, drpb if ctx.has_bias else None
+
+
+class _NA2DAV(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, ext, table: Tensor, attn: Tensor, v: Tensor):
+        ctx.ext = ext
+        ctx.save_for_backward(attn, v, table)
+        return ext.na2d_av_forward(attn, v, table)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        attn, v, table = ctx.saved_tensors
+        dattn, dv = ctx.ext.na2d_av_backward(grad_out.contiguous(), attn, v, table)
+        return None, None, dattn, dv
+
+
+class CompiledBackend:
+    """Kernels from a JIT-built extension. Half inputs on the CPU are computed in float32."""
+
+    def __init__(self, name: str, device_type: str, loader, dtypes: tuple[torch.dtype, ...]):
+        self.name, self.device_type, self._loader, self.dtypes = name, device_type, loader, dtypes
+
+    def unavailable_reason(self, op: str, device: torch.device, dtype: torch.dtype, needs_grad: bool) -> Optional[str]:
+        if device.type != self.device_type:
+            return f"the {self.name} backend runs on {self.device_type} tensors, the input is on {device}"
+        if dtype not in self.dtypes:
+            return f"the {self.name} backend takes {[str(d) for d in self.dtypes]}, the input is {dtype}"
+        try:
+            self._loader()
+        except _build.BuildError as err:
+            return str(err)
+        return None
+
+    def _compute_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        return torch.float32 if self.device_type == "cpu" and dtype in (torch.float16, torch.bfloat16) else dtype
+
+    def na2d(self, q, k, v, groups: Sequence[HeadGroup], scale: float) -> Tensor:
+        dtype = self._compute_dtype(q.dtype)
+        rpbs = [g.rpb.to(dtype).contiguous() if g.rpb is not None else None for g in groups]
+        out = _FusedNA2D.apply(self._loader(), _group_table(groups), scale,
+                               *(x.to(dtype).contiguous() for x in (q, k, v)), *rpbs)
+        return out.to(q.dtype)
+
+    def na2d_qk(self, q, k, kernel_size, dilation, rpb) -> Tensor:
+        dtype = self._compute_dtype(q.dtype)
+        table = _group_table([HeadGroup(q.shape[1], kernel_size, dilation)])
+        rpb = rpb.to(dtype).contiguous() if rpb is not None else None
+        attn = _NA2DQK.apply(self._loader(), table, q.to(dtype).contiguous(), k.to(dtype).contiguous(), rpb)
+        return attn.to(q.dtype)
+
+    def na2d_av(self, attn, v, kernel_size, dilation) -> Tensor:
+        dtype = self._compute_dtype(v.dtype)
+        table = _group_table([HeadGroup(v.shape[1], kernel_size, dilation)])
+        out = _NA2DAV.apply(self._loader(), table, attn.to(dtype).contiguous(), v.to(dtype).contiguous())
+        return out.to(v.dtype)
+
+
+class ReferenceBackend:
+    name = "reference"
+
+    def unavailable_reason(self, op, device, dtype, needs_grad) -> Optional[str]:
+        return None
+
+    na2d = staticmethod(reference.na2d)
+    na2d_qk = staticmethod(reference.na2d_qk)
+    na2d_av = staticmethod(reference.na2d_av)
+
+
+_REGISTRY = {
+    "reference": ReferenceBackend(),
+    "cpu": CompiledBackend("cpu", "cpu", _build.load_cpu,
+                           (torch.float32, torch.float64, torch.float16, torch.bfloat16)),
+    "flex": flex,
+}
+
+# What "auto" tries, in order, per device type. The CUDA kernels join the CUDA list once they pass
+# the GPU test suite (see the README).
+AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("flex", "reference")}
+
+
+def unavailable_reason(backend: str, op: str, device, dtype: torch.dtype = torch.float32,
+                       needs_grad: bool = False) -> Optional[str]:
+    """Why ``backend`` cannot run ``op`` for such inputs, or ``None`` if it can."""
+    if backend not in _REGISTRY:
+        if backend == "cuda":
+            return "the CUDA kernels are not part of this build yet (use 'flex' or 'reference' on GPUs)"
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return _REGISTRY[backend].unavailable_reason(op, torch.device(device), dtype, needs_grad)
+
+
+def available_backends(device="cpu", dtype: torch.dtype = torch.float32) -> list[str]:
+    """The backends that can run the fused ``na2d`` forward on ``device`` for ``dtype``."""
+    return [name for name in BACKENDS if unavailable_reason(name, "na2d", device, dtype) is None]
+
+
+_warned: set[str] = set()
+
+
+def _select(backend: str, op: str, x: Tensor, needs_grad: bool):
+    _check_backend(backend)
+    if backend != "auto":
+        reason = unavailable_reason(backend, op, x.device, x.dtype, needs_grad)
+        if reason is not None:
+            raise BackendUnavailable(f"natten_ops.{op}: backend={backend!r} is unavailable: {reason}")
+        return _REGISTRY[backend]
+    reasons = []
+    for name in AUTO_ORDER.get(x.device.type, ("reference",)):
+        reason = unavailable_reason(name, op, x.device, x.dtype, needs_grad)
+        if reason is None:
+            if reasons and name not in _warned:
+                _warned.add(name)
+                logger.warning("natten_ops: backend='auto' uses %r for %s: %s", name, op, "; ".join(reasons))
+            return _REGISTRY[name]
+        reasons.append(f"{name}: {reason}")
+    raise BackendUnavailable(f"natten_ops.{op}: no backend can run it: " + "; ".join(reasons))
+
+
+def _requires_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def na2d(q: Tensor, k: Tensor, v: Tensor, kernel_size: IntOrPair, dilation: IntOrPair = 1,
+         rpb: Optional[Tensor] = None, scale: Optional[float] = None, backend: str = "auto") -> Tensor:
+    """Fused 2-D neighborhood attention.
+
+    Args:
+        q, k, v: ``[B, heads, H, W, head_dim]`` (any strides).
+        kernel_size: odd int > 1, or a per-axis ``(k_h, k_w)`` pair.
+        dilation: int >= 1 or ``(d_h, d_w)``; ``k * d`` must not exceed the axis length.
+        rpb: optional relative positional bias ``[heads, 2*k_h - 1, 2*k_w - 1]`` (added after scaling).
+        scale: logit scale, ``head_dim ** -0.5`` by default.
+        backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"cuda"`` or ``"flex"``.
+
+    Returns:
+        ``[B, heads, H, W, head_dim]``, in the dtype of q.
+    """
+    _check_attention_tensor(q, "q")
+    group = HeadGroup(q.shape[1], as_pair(kernel_size, "kernel_size"), as_pair(dilation, "dilation"), rpb)
+    return na2d_grouped(q, k, v, [group], scale=scale, backend=backend)
+
+
+def na2d_grouped(q: Tensor, k: Tensor, v: Tensor, groups: Sequence[HeadGroup], scale: Optional[float] = None,
+                 backend: str = "auto") -> Tensor:
+    """Fused NA over head groups (Hydra-NA) in one call.
+
+    ``groups`` split the heads of q/k/v into contiguous slices, in order; each ``HeadGroup`` has its own
+    kernel size, dilation and optional RPB table ``[group.heads, 2*k_h - 1, 2*k_w - 1]``. Equivalent to
+    running ``na2d`` per slice and concatenating along heads, without the copies.
+    """
+    _check_attention_tensor(q, "q")
+    _check_attention_tensor(k, "k")
+    _check_attention_tensor(v, "v")
+    _check_like(k, q, "k", "q")
+    _check_like(v, q, "v", "q", dims=4)
+    if v.shape[4] != q.shape[4]:
+        raise ValueError(f"v has head_dim {v.shape[4]} but q has {q.shape[4]}; they must match")
+    groups = _check_groups(groups, q)
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    needs_grad = _requires_grad(q, k, v, *(g.rpb for g in groups))
+    impl = _select(backend, "na2d", q, needs_grad)
+    return impl.na2d(q, k, v, groups, float(scale))
+
+
+def na2d_qk(q: Tensor, k: Tensor, kernel_size: IntOrPair, dilation: IntOrPair = 1, rpb: Optional[Tensor] = None,
+            backend: str = "auto") -> Tensor:
+    """Unfused step 1: logits ``q . k[neighbor] (+ rpb)``, ``[B, heads, H, W, k_h * k_w]``.
+
+    Not scaled (as NATTEN's op: pre-scale q). Slot ``u = u_row * k_w + u_col``.
+    """
+    _check_attention_tensor(q, "q")
+    _check_attention_tensor(k, "k")
+    _check_like(k, q, "k", "q")
+    group = HeadGroup(q.shape[1], as_pair(kernel_size, "kernel_size"), as_pair(dilation, "dilation"), rpb)
+    _check_groups([group], q)
+    if backend == "flex":
+        raise ValueError("backend='flex' serves the fused na2d only; use 'cpu', 'cuda' or 'reference' for na2d_qk")
+    impl = _select(backend, "na2d_qk", q, _requires_grad(q, k, rpb))
+    return impl.na2d_qk(q, k, group.kernel_size, group.dilation, rpb)
+
+
+def na2d_av(attn: Tensor, v: Tensor, kernel_size: IntOrPair, dilation: IntOrPair = 1, backend: str = "auto") -> Tensor:
+    """Unfused step 2: ``sum_u attn[..., u] * v[neighbor u]`` -> ``[B, heads, H, W, head_dim]``.
+
+    ``attn`` is ``[B, heads, H, W, k_h * k_w]`` (usually the softmax of ``na2d_qk``).
+    """
+    _check_attention_tensor(attn, "attn")
+    _check_attention_tensor(v, "v")
+    _check_like(attn, v, "attn", "v", dims=4)
+    group = HeadGroup(v.shape[1], as_pair(kernel_size, "kernel_size"), as_pair(dilation, "dilation"))
+    _check_groups([group], v)
+    area = group.kernel_size[0] * group.kernel_size[1]
+    if attn.shape[4] != area:
+        raise ValueError(f"attn must have k_h * k_w = {area} slots in its last dim, got {attn.shape[4]}")
+    if backend == "flex":
+        raise ValueError("backend='flex' serves the fused na2d only; use 'cpu', 'cuda' or 'reference' for na2d_av")
+    impl = _select(backend, "na2d_av", v, _requires_grad(attn, v))
+    return impl.na2d_av(attn, v, group.kernel_size, group.dilation)
