@@ -31,11 +31,11 @@ def build(args) -> int:
         print("natten_ops build: the CUDA kernels are not part of this release yet", file=sys.stderr)
         return 2
     try:
-        module = _build.load_cpu()
+        _build.load_cpu()
     except _build.BuildError as err:
         print(err, file=sys.stderr)
         return 1
-    print(f"natten_ops: CPU kernels ready: {module.__file__}")
+    print(f"natten_ops: CPU kernels ready: {_build.module_path(_build.CPU_EXTENSION)}")
     return 0
 
 

@@ -117,10 +117,10 @@ def _import_from(path: Path, name: str) -> ModuleType:
     return module
 
 
-def _compile(ext: Extension, build_dir: Path) -> None:
+def _compile(ext: Extension, build_dir: Path) -> ModuleType:
     from torch.utils import cpp_extension
 
-    cpp_extension.load(
+    module = cpp_extension.load(
         name=ext.name,
         sources=[str(CSRC / s) for s in ext.sources],
         extra_include_paths=[str(CSRC)],
@@ -134,16 +134,23 @@ def _compile(ext: Extension, build_dir: Path) -> None:
     built = build_dir / f"{ext.name}.so"
     if not built.exists():
         raise BuildError(f"natten_ops: the build of {ext.name} produced no module in {build_dir}")
+    return module
+
+
+def module_path(ext: Extension) -> Path:
+    """Where the compiled module for the current sources and flags lives in the cache."""
+    return cache_root() / f"{ext.name}-{build_key(ext)}" / f"{ext.name}.so"
 
 
 def load(ext: Extension) -> ModuleType:
     """Return the compiled module for ``ext``, building it first if the cache has no current copy."""
     if ext.name in _loaded:
         return _loaded[ext.name]
-    missing = missing_tools(ext)
-    target = cache_root() / f"{ext.name}-{build_key(ext)}"
-    module_path = target / f"{ext.name}.so"
-    if not module_path.exists():
+    path = module_path(ext)
+    target = path.parent
+    module = None
+    if not path.exists():
+        missing = missing_tools(ext)
         if missing:
             raise BuildError(
                 f"natten_ops: cannot build {ext.name}: missing " + "; ".join(missing)
@@ -152,24 +159,27 @@ def load(ext: Extension) -> ModuleType:
         cache_root().mkdir(parents=True, exist_ok=True)
         with open(cache_root() / f"{ext.name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same key
-            if not module_path.exists():
-                _build_and_publish(ext, target, module_path)
-    try:
-        module = _import_from(module_path, ext.name)
-    except ImportError as err:
-        raise BuildError(f"natten_ops: cannot load {module_path}: {err}. Delete that folder to rebuild.") from err
+            if not path.exists():
+                module = _build_and_publish(ext, target)
+    if module is None:
+        try:
+            module = _import_from(path, ext.name)
+        except ImportError as err:
+            raise BuildError(f"natten_ops: cannot load {path}: {err}. Delete that folder to rebuild.") from err
     _loaded[ext.name] = module
     return module
 
 
-def _build_and_publish(ext: Extension, target: Path, module_path: Path) -> None:
+def _build_and_publish(ext: Extension, target: Path) -> ModuleType:
+    """Compile into a private folder, then rename it to ``target`` (atomic); returns the loaded module."""
     print(f"natten_ops: building {ext.name} (first use; takes a minute) -> {target}", file=sys.stderr, flush=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{ext.name}-", dir=cache_root()))
     try:
-        _compile(ext, staging)
+        module = _compile(ext, staging)
         if target.exists():
             shutil.rmtree(target)  # a stale copy without a module (e.g. an interrupted manual clean-up)
         os.rename(staging, target)  # atomic publish
+        return module
     except Exception as err:
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(err, BuildError):

@@ -57,26 +57,31 @@ def _window_start(pos: Tensor, length: int, kernel: Tensor, dilation: Tensor) ->
 
 
 class _Pattern:
-    """Per-head window parameters as ``[heads]`` tensors, and the mask / bias functions over them."""
+    """Per-head window parameters as ``[heads]`` int64 tensors: ``kh, kw, dh, dw``."""
 
-    def __init__(self, groups: Sequence[HeadGroup], height: int, width: int, device):
+    def __init__(self, groups: Sequence[HeadGroup], device):
         per_head = [(g.kernel_size, g.dilation) for g in groups for _ in range(g.heads)]
         as_tensor = functools.partial(torch.tensor, dtype=torch.int64, device=device)
         self.kh = as_tensor([k[0] for k, _ in per_head])
         self.kw = as_tensor([k[1] for k, _ in per_head])
         self.dh = as_tensor([d[0] for _, d in per_head])
         self.dw = as_tensor([d[1] for _, d in per_head])
-        self.height, self.width = height, width
 
-    def _axis_in_window(self, query, key, length, kernel, dilation):
-        offset = key - _window_start(query, length, kernel, dilation)
-        return (offset >= 0) & (offset < kernel * dilation) & (offset % dilation == 0)
 
-    def mask(self, b, h, q_idx, kv_idx):
-        qi, qj = q_idx // self.width, q_idx % self.width
-        ki, kj = kv_idx // self.width, kv_idx % self.width
-        rows = self._axis_in_window(qi, ki, self.height, self.kh[h], self.dh[h])
-        return rows & self._axis_in_window(qj, kj, self.width, self.kw[h], self.dw[h])
+def _in_window(query, key, length: int, kernel, dilation):
+    """Whether axis position ``key`` is in the window of ``query`` (same group, k dilated steps)."""
+    offset = key - _window_start(query, length, kernel, dilation)
+    return (offset >= 0) & (offset < kernel * dilation) & (offset % dilation == 0)
+
+
+def _mask_mod(pattern: _Pattern, height: int, width: int):
+    kh, kw, dh, dw = pattern.kh, pattern.kw, pattern.dh, pattern.dw
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        rows = _in_window(q_idx // width, kv_idx // width, height, kh[h], dh[h])
+        return rows & _in_window(q_idx % width, kv_idx % width, width, kw[h], dw[h])
+
+    return mask_mod
 
 
 def _bias_tables(groups: Sequence[HeadGroup], dtype, device) -> tuple[Tensor, Tensor]:
@@ -93,10 +98,9 @@ def _bias_tables(groups: Sequence[HeadGroup], dtype, device) -> tuple[Tensor, Te
 
 @functools.lru_cache(maxsize=32)
 def _block_mask(signature: tuple, heads: int, height: int, width: int, device: torch.device):
-    groups = [HeadGroup(n, k, d) for n, k, d in signature]
-    pattern = _Pattern(groups, height, width, device)
+    pattern = _Pattern([HeadGroup(n, k, d) for n, k, d in signature], device)
     tokens = height * width
-    return create_block_mask(pattern.mask, B=None, H=heads, Q_LEN=tokens, KV_LEN=tokens,
+    return create_block_mask(_mask_mod(pattern, height, width), B=None, H=heads, Q_LEN=tokens, KV_LEN=tokens,
                              device=device, _compile=True), pattern
 
 
@@ -113,8 +117,8 @@ def na2d(q: Tensor, k: Tensor, v: Tensor, groups: Sequence[HeadGroup], scale: fl
         def score_mod(score, b, h, q_idx, kv_idx):
             qi, qj = q_idx // W, q_idx % W
             ki, kj = kv_idx // W, kv_idx % W
-            row = (kh[h] - 1 + (ki - qi) // dh[h]).clamp(0, 2 * kh[h] - 2)
-            col = (kw[h] - 1 + (kj - qj) // dw[h]).clamp(0, 2 * kw[h] - 2)
+            row = torch.minimum((kh[h] - 1 + (ki - qi) // dh[h]).clamp(min=0), 2 * kh[h] - 2)
+            col = torch.minimum((kw[h] - 1 + (kj - qj) // dw[h]).clamp(min=0), 2 * kw[h] - 2)
             return score + table[offsets[h] + row * (2 * kw[h] - 1) + col]
 
     flat = [x.reshape(B, heads, H * W, D) for x in (q, k, v)]

@@ -13,6 +13,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 #include <limits>
 #include <vector>
 
@@ -30,24 +32,67 @@ struct Problem {
   int64_t plane() const { return height * width; }
 };
 
-template <typename T>
+// Vector helpers over head_dim. kDim > 0 is the length at compile time (fully unrolled, kept in
+// registers); kDim == 0 uses the runtime length n.
+template <int kDim, typename T>
 inline T dot(const T* __restrict a, const T* __restrict b, int64_t n) {
+  const int64_t len = kDim > 0 ? kDim : n;
   T sum = 0;
 #pragma omp simd reduction(+ : sum)
-  for (int64_t d = 0; d < n; ++d) sum += a[d] * b[d];
+  for (int64_t d = 0; d < len; ++d) sum += a[d] * b[d];
   return sum;
 }
 
-template <typename T>
+template <int kDim, typename T>
 inline void axpy(T alpha, const T* __restrict x, T* __restrict y, int64_t n) {
+  const int64_t len = kDim > 0 ? kDim : n;
 #pragma omp simd
-  for (int64_t d = 0; d < n; ++d) y[d] += alpha * x[d];
+  for (int64_t d = 0; d < len; ++d) y[d] += alpha * x[d];
 }
 
-template <typename T>
+template <int kDim, typename T>
 inline void scale_into(T alpha, const T* __restrict x, T* __restrict y, int64_t n) {
+  const int64_t len = kDim > 0 ? kDim : n;
 #pragma omp simd
-  for (int64_t d = 0; d < n; ++d) y[d] = alpha * x[d];
+  for (int64_t d = 0; d < len; ++d) y[d] = alpha * x[d];
+}
+
+// exp(x) for x <= 0 (softmax after the max shift), written so that loops over it vectorise:
+// Cody-Waite range reduction and the Cephes degree-6 polynomial, relative error ~2e-7 (float32
+// round-off). Arguments below -87.3 (where exp underflows float32) are clamped there.
+inline float exp_nonpositive(float x) {
+  x = x < -87.3f ? -87.3f : x;
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  const float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float poly = 1.9875691500e-4f;
+  poly = poly * r + 1.3981999507e-3f;
+  poly = poly * r + 8.3334519073e-3f;
+  poly = poly * r + 4.1665795894e-2f;
+  poly = poly * r + 1.6666665459e-1f;
+  poly = poly * r + 5.0000001201e-1f;
+  poly = poly * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return poly * scale;
+}
+inline double exp_nonpositive(double x) { return std::exp(x); }
+
+// Calls fn(std::integral_constant<int, D>) with D = head_dim for the float32 sizes the models use
+// (8, 16, 32, 64, 128) and D = 0 (runtime length) otherwise.
+template <typename T, typename Fn>
+void dispatch_head_dim(int64_t dim, const Fn& fn) {
+  if constexpr (std::is_same_v<T, float>) {
+    switch (dim) {
+      case 8: return fn(std::integral_constant<int, 8>{});
+      case 16: return fn(std::integral_constant<int, 16>{});
+      case 32: return fn(std::integral_constant<int, 32>{});
+      case 64: return fn(std::integral_constant<int, 64>{});
+      case 128: return fn(std::integral_constant<int, 128>{});
+      default: break;
+    }
+  }
+  fn(std::integral_constant<int, 0>{});
 }
 
 // Runs fn(bh, i) for every (batch * head, query row) in parallel.
@@ -150,7 +195,7 @@ struct BiasTables {
 // Sums per-row bias-gradient partials [B * heads * H, stride] into one [heads, 2kh-1, 2kw-1] table
 // per group that has a bias (an empty tensor for the others), in a fixed order per head.
 template <typename T>
-std::vector<Tensor> reduce_bias_grad(const std::vector<T>& partial, int64_t stride, const Problem& p,
+std::vector<Tensor> reduce_bias_grad(const T* partial, int64_t stride, const Problem& p,
                                      const Groups& groups, const std::vector<bool>& has_bias,
                                      const at::TensorOptions& options) {
   std::vector<Tensor> grads;
@@ -168,7 +213,7 @@ std::vector<Tensor> reduce_bias_grad(const std::vector<T>& partial, int64_t stri
         T* dst = out + (h - begin) * s.bias_area();
         for (int64_t b = 0; b < p.batch; ++b)
           for (int64_t i = 0; i < p.height; ++i) {
-            const T* src = partial.data() + ((b * p.heads + h) * p.height + i) * stride;
+            const T* src = partial + ((b * p.heads + h) * p.height + i) * stride;
             for (int64_t t = 0; t < s.bias_area(); ++t) dst[t] += src[t];
           }
       }
@@ -181,12 +226,12 @@ std::vector<Tensor> reduce_bias_grad(const std::vector<T>& partial, int64_t stri
 // ---------------------------------------------------------------------------------------------
 // Fused na2d: out = softmax(scale * q.k + rpb) v, saving the log-sum-exp for the backward pass.
 
-template <typename T>
+template <typename T, int kDim>
 void fused_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
                    const Groups& groups, const BiasTables<T>& bias, const Problem& p, T scale) {
   const T *qp = q.data_ptr<T>(), *kp = k.data_ptr<T>(), *vp = v.data_ptr<T>();
   T *op = out.data_ptr<T>(), *lp = lse.data_ptr<T>();
-  const int64_t D = p.dim, W = p.width, area = groups.max_kernel_area();
+  const int64_t D = kDim > 0 ? kDim : p.dim, W = p.width, area = groups.max_kernel_area();
   at::parallel_for(0, p.rows(), 1, [&](int64_t begin, int64_t end) {
     std::vector<T> logits(area), acc(D);
     std::vector<int64_t> key(area);
@@ -194,107 +239,140 @@ void fused_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& ou
       const int64_t bh = row / p.height, i = row % p.height;
       const HeadShape& s = groups.heads[bh % p.heads];
       const T* table = bias.of(s);
-      const int64_t plane = bh * p.plane();
+      const int64_t plane = bh * p.plane(), n = s.kernel_area();
       const int64_t row0 = window_start(i, p.height, s.kernel_h, s.dilation_h);
+      const int64_t bias_row0 = bias_index(i, row0, s.kernel_h, s.dilation_h);
       for (int64_t j = 0; j < W; ++j) {
         const int64_t query = plane + i * W + j;
         const int64_t col0 = window_start(j, W, s.kernel_w, s.dilation_w);
         const T* qv = qp + query * D;
-        T max_logit = -std::numeric_limits<T>::infinity();
+        const T* bias_at = table ? table + bias_row0 * s.bias_cols() + bias_index(j, col0, s.kernel_w, s.dilation_w)
+                                 : nullptr;  // bias of slot (uh, uw): bias_at[uh * bias_cols + uw]
         int64_t u = 0;
         for (int64_t uh = 0; uh < s.kernel_h; ++uh) {
-          const int64_t a = row0 + uh * s.dilation_h;
-          const T* bias_row = table ? table + bias_index(i, a, s.kernel_h, s.dilation_h) * s.bias_cols() : nullptr;
+          const int64_t key_row = (plane + (row0 + uh * s.dilation_h) * W + col0) * D;
           for (int64_t uw = 0; uw < s.kernel_w; ++uw, ++u) {
-            const int64_t c = col0 + uw * s.dilation_w;
-            key[u] = plane + a * W + c;
-            T x = dot(qv, kp + key[u] * D, D) * scale;
-            if (bias_row) x += bias_row[bias_index(j, c, s.kernel_w, s.dilation_w)];
-            logits[u] = x;
-            max_logit = std::max(max_logit, x);
+            key[u] = key_row + uw * s.dilation_w * D;
+            logits[u] = dot<kDim>(qv, kp + key[u], D) * scale + (bias_at ? bias_at[uh * s.bias_cols() + uw] : T(0));
           }
         }
-        std::fill(acc.begin(), acc.end(), T(0));
+        T max_logit = logits[0];
+        for (int64_t w = 1; w < n; ++w) max_logit = std::max(max_logit, logits[w]);
         T sum = 0;
-        for (int64_t w = 0; w < u; ++w) {
-          const T e = std::exp(logits[w] - max_logit);
-          sum += e;
-          axpy(e, vp + key[w] * D, acc.data(), D);
+#pragma omp simd reduction(+ : sum)
+        for (int64_t w = 0; w < n; ++w) {
+          logits[w] = exp_nonpositive(logits[w] - max_logit);
+          sum += logits[w];
         }
-        scale_into(T(1) / sum, acc.data(), op + query * D, D);
+        std::fill(acc.begin(), acc.end(), T(0));
+        for (int64_t w = 0; w < n; ++w) axpy<kDim>(logits[w], vp + key[w], acc.data(), D);
+        scale_into<kDim>(T(1) / sum, acc.data(), op + query * D, D);
         lp[query] = max_logit + std::log(sum);
       }
     }
   });
 }
 
+// Softmax gradient terms of one (query, key) list: prob = exp(logit - lse), ds = prob * (dp - delta).
 template <typename T>
+inline void softmax_grad_terms(int64_t n, T* logit_then_prob, const T* lse, T* dp_then_ds, const T* delta) {
+#pragma omp simd
+  for (int64_t w = 0; w < n; ++w) {
+    const T prob = exp_nonpositive(logit_then_prob[w] - lse[w]);
+    logit_then_prob[w] = prob;
+    dp_then_ds[w] = prob * (dp_then_ds[w] - delta[w]);
+  }
+}
+
+template <typename T, int kDim>
 void fused_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                    const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv, std::vector<T>* bias_partial,
-                    const Groups& groups, const BiasTables<T>& bias, const Problem& p, T scale) {
+                    const Tensor& lse, Tensor& dq, Tensor& dk, Tensor& dv, T* bias_partial, const Groups& groups,
+                    const BiasTables<T>& bias, const Problem& p, T scale) {
   const T *gp = dout.data_ptr<T>(), *qp = q.data_ptr<T>(), *kp = k.data_ptr<T>(), *vp = v.data_ptr<T>();
   const T *op = out.data_ptr<T>(), *lp = lse.data_ptr<T>();
   T *dqp = dq.data_ptr<T>(), *dkp = dk.data_ptr<T>(), *dvp = dv.data_ptr<T>();
-  const int64_t D = p.dim, W = p.width, H = p.height;
-  const int64_t bias_stride = groups.max_bias_area();
-  std::vector<T> delta(p.rows() * W);  // rowsum(dout * out) per query
+  const int64_t D = kDim > 0 ? kDim : p.dim, W = p.width, H = p.height;
+  const int64_t bias_stride = groups.max_bias_area(), area = groups.max_kernel_area();
+  Tensor delta_tensor = at::empty({p.rows() * W}, q.options());  // rowsum(dout * out) per query
+  T* delta = delta_tensor.data_ptr<T>();
 
   // Query pass: dQ over the neighborhood, and the bias gradient per row.
-  parallel_rows(p, [&](int64_t bh, int64_t i) {
-    const HeadShape& s = groups.heads[bh % p.heads];
-    const T* table = bias.of(s);
-    T* partial = table ? bias_partial->data() + (bh * H + i) * bias_stride : nullptr;
-    const int64_t plane = bh * p.plane();
-    const int64_t row0 = window_start(i, H, s.kernel_h, s.dilation_h);
-    for (int64_t j = 0; j < W; ++j) {
-      const int64_t query = plane + i * W + j;
-      const int64_t col0 = window_start(j, W, s.kernel_w, s.dilation_w);
-      const T *qv = qp + query * D, *gv = gp + query * D;
-      const T dlt = dot(gv, op + query * D, D);
-      delta[query] = dlt;
-      T* dqv = dqp + query * D;
-      for (int64_t uh = 0; uh < s.kernel_h; ++uh) {
-        const int64_t a = row0 + uh * s.dilation_h;
-        const int64_t brow = bias_index(i, a, s.kernel_h, s.dilation_h) * s.bias_cols();
-        for (int64_t uw = 0; uw < s.kernel_w; ++uw) {
-          const int64_t c = col0 + uw * s.dilation_w;
-          const int64_t bidx = brow + bias_index(j, c, s.kernel_w, s.dilation_w);
-          const int64_t key = plane + a * W + c;
-          T x = dot(qv, kp + key * D, D) * scale;
-          if (table) x += table[bidx];
-          const T prob = std::exp(x - lp[query]);
-          const T ds = prob * (dot(gv, vp + key * D, D) - dlt);
-          axpy(ds * scale, kp + key * D, dqv, D);
-          if (partial) partial[bidx] += ds;
+  at::parallel_for(0, p.rows(), 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> prob(area), ds(area), lse_rep(area), delta_rep(area);
+    std::vector<int64_t> key(area), bias_at(area);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t bh = row / H, i = row % H;
+      const HeadShape& s = groups.heads[bh % p.heads];
+      const T* table = bias.of(s);
+      T* partial = table ? bias_partial + row * bias_stride : nullptr;
+      const int64_t plane = bh * p.plane(), n = s.kernel_area();
+      const int64_t row0 = window_start(i, H, s.kernel_h, s.dilation_h);
+      const int64_t bias_row0 = bias_index(i, row0, s.kernel_h, s.dilation_h);
+      for (int64_t j = 0; j < W; ++j) {
+        const int64_t query = plane + i * W + j;
+        const int64_t col0 = window_start(j, W, s.kernel_w, s.dilation_w);
+        const int64_t bias0 = bias_row0 * s.bias_cols() + bias_index(j, col0, s.kernel_w, s.dilation_w);
+        const T *qv = qp + query * D, *gv = gp + query * D;
+        const T dlt = dot<kDim>(gv, op + query * D, D);
+        delta[query] = dlt;
+        int64_t u = 0;
+        for (int64_t uh = 0; uh < s.kernel_h; ++uh) {
+          const int64_t key_row = (plane + (row0 + uh * s.dilation_h) * W + col0) * D;
+          for (int64_t uw = 0; uw < s.kernel_w; ++uw, ++u) {
+            key[u] = key_row + uw * s.dilation_w * D;
+            bias_at[u] = bias0 + uh * s.bias_cols() + uw;
+            prob[u] = dot<kDim>(qv, kp + key[u], D) * scale + (table ? table[bias_at[u]] : T(0));
+            ds[u] = dot<kDim>(gv, vp + key[u], D);
+            lse_rep[u] = lp[query];
+            delta_rep[u] = dlt;
+          }
         }
+        softmax_grad_terms(n, prob.data(), lse_rep.data(), ds.data(), delta_rep.data());
+        T* dqv = dqp + query * D;
+        for (int64_t w = 0; w < n; ++w) axpy<kDim>(ds[w] * scale, kp + key[w], dqv, D);
+        if (partial)
+          for (int64_t w = 0; w < n; ++w) partial[bias_at[w]] += ds[w];
       }
     }
   });
 
-  // Key pass: dK and dV over the inverse neighborhood of each key.
-  parallel_rows(p, [&](int64_t bh, int64_t a) {
-    const HeadShape& s = groups.heads[bh % p.heads];
-    const T* table = bias.of(s);
-    const int64_t plane = bh * p.plane();
-    int64_t i0, i1;
-    inverse_window(a, H, s.kernel_h, s.dilation_h, &i0, &i1);
-    for (int64_t c = 0; c < W; ++c) {
-      const int64_t key = plane + a * W + c;
-      const T *kv = kp + key * D, *vv = vp + key * D;
-      T *dkv = dkp + key * D, *dvv = dvp + key * D;
-      int64_t j0, j1;
-      inverse_window(c, W, s.kernel_w, s.dilation_w, &j0, &j1);
-      for (int64_t i = i0; i < i1; i += s.dilation_h) {
-        const int64_t brow = bias_index(i, a, s.kernel_h, s.dilation_h) * s.bias_cols();
-        for (int64_t j = j0; j < j1; j += s.dilation_w) {
-          const int64_t query = plane + i * W + j;
-          const T *qv = qp + query * D, *gv = gp + query * D;
-          T x = dot(qv, kv, D) * scale;
-          if (table) x += table[brow + bias_index(j, c, s.kernel_w, s.dilation_w)];
-          const T prob = std::exp(x - lp[query]);
-          const T ds = prob * (dot(gv, vv, D) - delta[query]);
-          axpy(ds * scale, qv, dkv, D);
-          axpy(prob, gv, dvv, D);
+  // Key pass: dK and dV over the inverse neighborhood of each key. It has fewer than 2k queries
+  // per axis (k + k/2 at most, next to a border), so (2kh-1)(2kw-1) bounds its size.
+  at::parallel_for(0, p.rows(), 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> prob(bias_stride), ds(bias_stride), lse_of(bias_stride), delta_of(bias_stride);
+    std::vector<int64_t> query_at(bias_stride);
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t bh = row / H, a = row % H;
+      const HeadShape& s = groups.heads[bh % p.heads];
+      const T* table = bias.of(s);
+      const int64_t plane = bh * p.plane();
+      int64_t i0, i1;
+      inverse_window(a, H, s.kernel_h, s.dilation_h, &i0, &i1);
+      for (int64_t c = 0; c < W; ++c) {
+        const int64_t key = plane + a * W + c;
+        const T *kv = kp + key * D, *vv = vp + key * D;
+        int64_t j0, j1;
+        inverse_window(c, W, s.kernel_w, s.dilation_w, &j0, &j1);
+        // Bias of query (i0 + m * dh, j0 + l * dw) for this key: bias0 - m * bias_cols - l.
+        const int64_t bias0 = bias_index(i0, a, s.kernel_h, s.dilation_h) * s.bias_cols() +
+                              bias_index(j0, c, s.kernel_w, s.dilation_w);
+        int64_t n = 0;
+        for (int64_t i = i0, m = 0; i < i1; i += s.dilation_h, ++m) {
+          for (int64_t j = j0, l = 0; j < j1; j += s.dilation_w, ++l, ++n) {
+            const int64_t query = plane + i * W + j;
+            query_at[n] = query * D;
+            prob[n] = dot<kDim>(qp + query * D, kv, D) * scale +
+                      (table ? table[bias0 - m * s.bias_cols() - l] : T(0));
+            ds[n] = dot<kDim>(gp + query * D, vv, D);
+            lse_of[n] = lp[query];
+            delta_of[n] = delta[query];
+          }
+        }
+        softmax_grad_terms(n, prob.data(), lse_of.data(), ds.data(), delta_of.data());
+        T *dkv = dkp + key * D, *dvv = dvp + key * D;
+        for (int64_t w = 0; w < n; ++w) {
+          axpy<kDim>(ds[w] * scale, qp + query_at[w], dkv, D);
+          axpy<kDim>(prob[w], gp + query_at[w], dvv, D);
         }
       }
     }
@@ -354,7 +432,7 @@ void qk_forward(const Tensor& q, const Tensor& k, Tensor& attn, const HeadShape&
       const int64_t query = plane + i * p.width + j;
       T* out = ap + query * area;
       for_each_neighbor(plane, i, j, s, p, [&](int64_t u, int64_t key, int64_t bidx) {
-        out[u] = dot(qp + query * D, kp + key * D, D) + (head_table ? head_table[bidx] : T(0));
+        out[u] = dot<0>(qp + query * D, kp + key * D, D) + (head_table ? head_table[bidx] : T(0));
       });
     }
   });
@@ -362,18 +440,18 @@ void qk_forward(const Tensor& q, const Tensor& k, Tensor& attn, const HeadShape&
 
 template <typename T>
 void qk_backward(const Tensor& dattn, const Tensor& q, const Tensor& k, Tensor& dq, Tensor& dk,
-                 std::vector<T>* bias_partial, const HeadShape& s, const Problem& p) {
+                 T* bias_partial, const HeadShape& s, const Problem& p) {
   const T *gp = dattn.data_ptr<T>(), *qp = q.data_ptr<T>(), *kp = k.data_ptr<T>();
   T *dqp = dq.data_ptr<T>(), *dkp = dk.data_ptr<T>();
   const int64_t D = p.dim, area = s.kernel_area(), table_size = s.bias_area();
   parallel_rows(p, [&](int64_t bh, int64_t i) {
-    T* partial = bias_partial ? bias_partial->data() + (bh * p.height + i) * table_size : nullptr;
+    T* partial = bias_partial ? bias_partial + (bh * p.height + i) * table_size : nullptr;
     const int64_t plane = bh * p.plane();
     for (int64_t j = 0; j < p.width; ++j) {
       const int64_t query = plane + i * p.width + j;
       const T* g = gp + query * area;
       for_each_neighbor(plane, i, j, s, p, [&](int64_t u, int64_t key, int64_t bidx) {
-        axpy(g[u], kp + key * D, dqp + query * D, D);
+        axpy<0>(g[u], kp + key * D, dqp + query * D, D);
         if (partial) partial[bidx] += g[u];
       });
     }
@@ -383,7 +461,7 @@ void qk_backward(const Tensor& dattn, const Tensor& q, const Tensor& k, Tensor& 
     for (int64_t c = 0; c < p.width; ++c) {
       const int64_t key = plane + a * p.width + c;
       for_each_inverse_neighbor(plane, a, c, s, p, [&](int64_t query, int64_t u) {
-        axpy(gp[query * area + u], qp + query * D, dkp + key * D, D);
+        axpy<0>(gp[query * area + u], qp + query * D, dkp + key * D, D);
       });
     }
   });
@@ -401,7 +479,7 @@ void av_forward(const Tensor& attn, const Tensor& v, Tensor& out, const HeadShap
       T* o = op + query * D;
       std::fill(o, o + D, T(0));
       for_each_neighbor(plane, i, j, s, p, [&](int64_t u, int64_t key, int64_t) {
-        axpy(ap[query * area + u], vp + key * D, o, D);
+        axpy<0>(ap[query * area + u], vp + key * D, o, D);
       });
     }
   });
@@ -418,7 +496,7 @@ void av_backward(const Tensor& dout, const Tensor& attn, const Tensor& v, Tensor
     for (int64_t j = 0; j < p.width; ++j) {
       const int64_t query = plane + i * p.width + j;
       for_each_neighbor(plane, i, j, s, p, [&](int64_t u, int64_t key, int64_t) {
-        dap[query * area + u] = dot(gp + query * D, vp + key * D, D);
+        dap[query * area + u] = dot<0>(gp + query * D, vp + key * D, D);
       });
     }
   });
@@ -427,7 +505,7 @@ void av_backward(const Tensor& dout, const Tensor& attn, const Tensor& v, Tensor
     for (int64_t c = 0; c < p.width; ++c) {
       const int64_t key = plane + a * p.width + c;
       for_each_inverse_neighbor(plane, a, c, s, p, [&](int64_t query, int64_t u) {
-        axpy(ap[query * area + u], gp + query * D, dvp + key * D, D);
+        axpy<0>(ap[query * area + u], gp + query * D, dvp + key * D, D);
       });
     }
   });
@@ -460,7 +538,9 @@ std::vector<Tensor> na2d_forward(const Tensor& q, const Tensor& k, const Tensor&
   Tensor lse = at::empty({p.batch, p.heads, p.height, p.width}, q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_forward", [&] {
     BiasTables<scalar_t> bias(rpbs, groups);
-    fused_forward<scalar_t>(q, k, v, out, lse, groups, bias, p, static_cast<scalar_t>(scale));
+    dispatch_head_dim<scalar_t>(p.dim, [&](auto dim) {
+      fused_forward<scalar_t, dim()>(q, k, v, out, lse, groups, bias, p, static_cast<scalar_t>(scale));
+    });
   });
   return {out, lse};
 }
@@ -481,12 +561,14 @@ std::vector<Tensor> na2d_backward(const Tensor& dout, const Tensor& q, const Ten
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_backward", [&] {
     BiasTables<scalar_t> bias(rpbs, groups);
     const int64_t stride = groups.max_bias_area();
-    std::vector<scalar_t> partial(bias.any() ? p.rows() * stride : 0);
-    fused_backward<scalar_t>(dout, q, k, v, out, lse, dq, dk, dv, &partial, groups, bias, p,
-                             static_cast<scalar_t>(scale));
+    Tensor partial = at::zeros({bias.any() ? p.rows() * stride : 0}, q.options());
+    dispatch_head_dim<scalar_t>(p.dim, [&](auto dim) {
+      fused_backward<scalar_t, dim()>(dout, q, k, v, out, lse, dq, dk, dv, partial.data_ptr<scalar_t>(), groups,
+                                      bias, p, static_cast<scalar_t>(scale));
+    });
     std::vector<bool> has_bias;
     for (const scalar_t* t : bias.tables) has_bias.push_back(t != nullptr);
-    for (auto& g : reduce_bias_grad(partial, stride, p, groups, has_bias, q.options())) result.push_back(g);
+    for (auto& g : reduce_bias_grad(partial.data_ptr<scalar_t>(), stride, p, groups, has_bias, q.options())) result.push_back(g);
   });
   return result;
 }
@@ -517,9 +599,10 @@ std::vector<Tensor> na2d_qk_backward(const Tensor& dattn, const Tensor& q, const
   Tensor dq = at::zeros_like(q), dk = at::zeros_like(k);
   Tensor drpb = at::empty({0}, q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_qk_backward", [&] {
-    std::vector<scalar_t> partial(has_rpb ? p.rows() * s.bias_area() : 0);
-    qk_backward<scalar_t>(dattn, q, k, dq, dk, has_rpb ? &partial : nullptr, s, p);
-    if (has_rpb) drpb = reduce_bias_grad(partial, s.bias_area(), p, groups, {true}, q.options())[0];
+    Tensor partial = at::zeros({has_rpb ? p.rows() * s.bias_area() : 0}, q.options());
+    scalar_t* partial_ptr = has_rpb ? partial.data_ptr<scalar_t>() : nullptr;
+    qk_backward<scalar_t>(dattn, q, k, dq, dk, partial_ptr, s, p);
+    if (has_rpb) drpb = reduce_bias_grad(partial_ptr, s.bias_area(), p, groups, {true}, q.options())[0];
   });
   return {dq, dk, drpb};
 }

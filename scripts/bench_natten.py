@@ -1,0 +1,143 @@
+"""Benchmark natten_ops backends on the StyleNAT attention shapes, in one process.
+
+    python scripts/bench_natten.py                  # CPU: cpu vs flex (compiled) vs reference
+    python scripts/bench_natten.py --quick          # fewer shapes and repeats
+    python scripts/bench_natten.py --device cuda --dtype bfloat16
+
+Prints, per shape (B, heads, H=W, head_dim, kernel, dilation): forward and forward+backward time (median
+of --repeats after warm-up), peak memory, achieved GFLOP/s (forward counts 4*B*heads*H*W*k*k*D flops:
+q.k and attn.v, a multiply and an add each) and the speed-ups of the first backend over the others.
+Ratios are measured in this run, on this machine; they are the figures the README quotes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import natten_ops
+
+STYLENAT_SHAPES = [  # (B, heads, H=W, head_dim, kernel, dilation): the generator's Hydra-NA stages
+    (4, 16, 16, 32, 7, 2),
+    (4, 16, 32, 32, 7, 4),
+    (2, 16, 64, 32, 7, 8),
+    (1, 8, 128, 32, 7, 16),
+    (1, 4, 256, 32, 7, 32),
+]
+
+
+def shapes(quick: bool, scale_batch: int = 1):
+    rows = []
+    for B, h, n, D, k, d in STYLENAT_SHAPES:
+        rows.append((B * scale_batch, h, n, D, k, d))
+        rows.append((B * scale_batch, h, n, D, k, 1))
+    return rows[::3] if quick else rows
+
+
+def peak_memory(device: torch.device, fn) -> int:
+    """Peak bytes that torch allocated while running ``fn`` (beyond what was allocated before)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    # CPU: replay each op's own allocations minus frees (torch's profiler) in time order.
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    current = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        current += event.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak
+
+
+def timeit(device: torch.device, fn, repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_case(backend: str, shape, device, dtype, repeats: int, backward: bool):
+    B, heads, n, D, k, d = shape
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    q, key, v = (torch.randn(B, heads, n, n, D, generator=gen, dtype=dtype).to(device) for _ in range(3))
+    rpb = (torch.randn(heads, 2 * k - 1, 2 * k - 1, generator=gen, dtype=dtype) * 0.02).to(device)
+    if backward:
+        for t in (q, key, v, rpb):
+            t.requires_grad_(True)
+
+    def step():
+        out = natten_ops.na2d(q, key, v, k, d, rpb=rpb, backend=backend)
+        if backward:
+            out.sum().backward()
+        return out
+
+    if not backward:
+        with torch.no_grad():
+            seconds = timeit(device, step, repeats)
+            memory = peak_memory(device, step)
+    else:
+        seconds = timeit(device, step, repeats)
+        memory = peak_memory(device, step)
+    return seconds, memory
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--backends", default=None, help="comma list; first is the one compared (default cpu/cuda first)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--batch-scale", type=int, default=1, help="multiply every batch size (GPU: use 2 for B=8 at 256 px)")
+    args = parser.parse_args(argv)
+
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    backends = (args.backends.split(",") if args.backends else
+                [("cuda" if device.type == "cuda" else "cpu"), "flex", "reference"])
+    print(f"# natten_ops {natten_ops.__version__}, torch {torch.__version__}, device {device}"
+          f" ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'})"
+          f", dtype {args.dtype}")
+    header = ["B", "heads", "H=W", "D", "k", "d", "pass"] + [f"{b} ms" for b in backends] + \
+             [f"{b} MB" for b in backends] + [f"{backends[0]} GFLOP/s"] + [f"x vs {b}" for b in backends[1:]]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for shape in shapes(args.quick, args.batch_scale):
+        B, heads, n, D, k, d = shape
+        flops = 4 * B * heads * n * n * k * k * D
+        for backward in (False, True):
+            cells = []
+            for backend in backends:
+                reason = natten_ops.unavailable_reason(backend, "na2d", device, dtype, needs_grad=backward)
+                if reason is not None:
+                    cells.append(None)
+                    continue
+                try:
+                    cells.append(run_case(backend, shape, device, dtype, args.repeats, backward))
+                except (RuntimeError, MemoryError) as err:  # e.g. out of memory for the reference
+                    print(f"# {backend} failed on {shape}: {str(err).splitlines()[0]}")
+                    cells.append(None)
+            ms = [f"{c[0] * 1e3:.2f}" if c else "-" for c in cells]
+            mb = [f"{c[1] / 2**20:.0f}" if c else "-" for c in cells]
+            gflops = f"{flops * (3.5 if backward else 1) / cells[0][0] / 1e9:.1f}" if cells[0] else "-"
+            ratios = [f"{c[0] / cells[0][0]:.1f}" if c and cells[0] else "-" for c in cells[1:]]
+            row = [B, heads, n, D, k, d, "fwd+bwd" if backward else "fwd", *ms, *mb, gflops, *ratios]
+            print("| " + " | ".join(str(x) for x in row) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

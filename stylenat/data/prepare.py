@@ -1,0 +1,138 @@
+"""``stylenat prepare``: convert a folder, zip, LSUN LMDB or built-in dataset to a StyleGAN-layout zip.
+
+The output holds ``00000/img00000000.png``, ``00000/img00000001.png``, ... (1,000 per folder) at exactly
+``resolution x resolution`` RGB, and a ``dataset.json`` with ``"labels"`` (``[[name, class], ...]`` when
+the source has labels, else ``null``, as StyleGAN's ``dataset_tool.py`` writes) and ``"prepare"``: the
+source, resolution, resize filter and centre-crop flag, and the unreadable files left out. Recording
+the filter matters: FID differs by about a point between ``box`` and ``lanczos`` downsampling.
+
+The zip is written to a temporary file beside the target and renamed into place, so an interrupted run
+never leaves a half-written dataset under the target name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from stylenat.data.base import OnError, UnreadableImageError
+from stylenat.data.factory import open_dataset
+from stylenat.data.transforms import RESIZE_FILTERS
+
+IMAGES_PER_FOLDER = 1000
+
+
+@dataclass
+class PrepareResult:
+    """What ``prepare`` wrote: the zip, how many images, and the sources it skipped as unreadable."""
+
+    path: Path
+    num_images: int
+    skipped: list[str] = field(default_factory=list)
+
+
+def archive_name(index: int) -> str:
+    """StyleGAN's member name for image ``index``: ``00012/img00012345.png``."""
+    return f"{index // IMAGES_PER_FOLDER:05d}/img{index:08d}.png"
+
+
+def prepare(src: str | os.PathLike, out_zip: str | os.PathLike, resolution: int, filter: str = "lanczos",
+            center_crop: bool = True, force: bool = False, *, class_folders: bool = False,
+            on_error: OnError = "skip", progress: bool = True) -> PrepareResult:
+    """Write ``src`` as a StyleGAN-layout zip of ``resolution x resolution`` PNGs to ``out_zip``.
+
+    Args:
+        src: a folder of images, a zip, an LSUN LMDB folder, or a built-in name (``digits``).
+        out_zip: the ``.zip`` to write; an existing file is an error unless ``force``.
+        resolution: output side in pixels.
+        filter: resize filter name (``lanczos``, ``box``, ...).
+        center_crop: crop non-square images to their centre square (else they are rejected).
+        class_folders: for a folder source, its sub-folders are classes and become labels.
+        on_error: ``"skip"`` leaves unreadable images out (named on the progress bar and in the
+            result); ``"raise"`` stops at the first.
+        progress: show a tqdm progress bar.
+    """
+    out = Path(out_zip)
+    if out.suffix.lower() != ".zip":
+        raise ValueError(f"output {str(out)!r} must end in .zip")
+    if out.exists() and not force:
+        raise FileExistsError(f"output {str(out)!r} already exists; pass --force (force=True) to overwrite it")
+    dataset = open_dataset(src, resolution, filter=filter, center_crop=center_crop, on_error=on_error,
+                           class_folders=class_folders)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    labels: list[list[str | int]] = []
+    skipped: list[str] = []
+    try:
+        with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED) as archive, \
+                tqdm(range(dataset.num_images), desc=f"prepare {src}", unit="img", disable=not progress) as bar:
+            for position in bar:
+                try:
+                    image = dataset.load_image(position)
+                except UnreadableImageError as error:
+                    if on_error == "raise":
+                        raise
+                    skipped.append(error.where)
+                    bar.write(f"skipping {error}")
+                    continue
+                name = archive_name(position - len(skipped))
+                png = io.BytesIO()
+                image.save(png, format="png", compress_level=1)
+                archive.writestr(name, png.getvalue())
+                if dataset.labels is not None:
+                    labels.append([name, dataset.labels[position]])
+            written = dataset.num_images - len(skipped)
+            if written == 0:
+                raise ValueError(f"{src}: none of its {dataset.num_images} images is readable")
+            meta = {
+                "labels": labels if dataset.labels is not None else None,
+                "prepare": {"source": str(src), "resolution": resolution, "filter": filter,
+                            "center_crop": center_crop, "skipped": skipped},
+            }
+            archive.writestr("dataset.json", json.dumps(meta))
+        os.replace(temporary, out)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return PrepareResult(out, written, skipped)
+
+
+def prepare_parser(prog: str = "stylenat prepare") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Convert a folder of images, a zip, an LSUN LMDB "
+                                     "or a built-in dataset to a StyleGAN-layout zip of PNGs.")
+    parser.add_argument("src", help="folder, .zip, LSUN LMDB folder, or built-in name (digits)")
+    parser.add_argument("out", help="output .zip")
+    parser.add_argument("--resolution", type=int, required=True, help="output side in pixels")
+    parser.add_argument("--filter", choices=sorted(RESIZE_FILTERS), default="lanczos",
+                        help="resize filter (default: lanczos); recorded in dataset.json")
+    parser.add_argument("--center-crop", action=argparse.BooleanOptionalAction, default=True,
+                        help="crop non-square images to their centre square (default); "
+                             "--no-center-crop rejects them")
+    parser.add_argument("--class-folders", action="store_true",
+                        help="for a folder source: its sub-folders are classes, written as labels")
+    parser.add_argument("--on-error", choices=("skip", "raise"), default="skip",
+                        help="unreadable images: skip and report them (default) or stop")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing output zip")
+    return parser
+
+
+def prepare_main(argv: Sequence[str] | None = None) -> int:
+    """``stylenat prepare SRC OUT.zip --resolution R [--filter lanczos|box] [--no-center-crop] [--force]``."""
+    parser = prepare_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = prepare(args.src, args.out, args.resolution, args.filter, args.center_crop, args.force,
+                         class_folders=args.class_folders, on_error=args.on_error)
+    except (FileExistsError, FileNotFoundError, NotADirectoryError, ValueError, UnreadableImageError) as error:
+        parser.error(str(error))
+    crop = "centre-cropped, " if args.center_crop else ""
+    print(f"wrote {result.num_images} images ({args.resolution}x{args.resolution}, {crop}{args.filter}) "
+          f"to {result.path}; skipped {len(result.skipped)} unreadable")
+    return 0
