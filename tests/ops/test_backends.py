@@ -1,0 +1,179 @@
+"""Every backend against the reference: forward and all gradients, fixed cases and a property-based sweep.
+
+Tolerances (spec section 5, rtol 0): float32 forward / dK / dV / dRPB atol 1e-4, dQ 1e-3 against a
+float64 reference; float64 kernels agree with it to round-off.
+"""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import natten_ops
+from natten_ops import HeadGroup
+
+FLOAT32_ATOL = {"out": 1e-4, "q": 1e-3, "k": 1e-4, "v": 1e-4, "rpb": 1e-4}
+
+
+def make_inputs(B, heads, H, W, D, kernel, dilation, with_rpb, dtype=torch.float64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, heads, H, W, D, generator=gen, dtype=dtype) for _ in range(3))
+    rpb = torch.randn(heads, 2 * kernel[0] - 1, 2 * kernel[1] - 1, generator=gen, dtype=dtype) if with_rpb else None
+    return q, k, v, rpb
+
+
+def na2d_with_grads(backend, q, k, v, kernel, dilation, rpb, dtype):
+    """Output and gradients of sum(out * weights) for na2d on ``backend``, computed in ``dtype``."""
+    leaves = [t.detach().to(dtype).requires_grad_() if t is not None else None for t in (q, k, v, rpb)]
+    out = natten_ops.na2d(*leaves[:3], kernel, dilation, rpb=leaves[3], backend=backend)
+    weights = torch.linspace(-1, 1, out.numel(), dtype=dtype).reshape(out.shape)
+    grads = torch.autograd.grad((out * weights).sum(), [t for t in leaves if t is not None])
+    names = ["q", "k", "v", "rpb"][: len(grads)]
+    return {"out": out.detach(), **dict(zip(names, grads))}
+
+
+def assert_matches_reference(backend, B, heads, H, W, D, kernel, dilation, with_rpb, seed=0):
+    inputs = make_inputs(B, heads, H, W, D, kernel, dilation, with_rpb, seed=seed)
+    expected = na2d_with_grads("reference", *inputs[:3], kernel, dilation, inputs[3], torch.float64)
+    got64 = na2d_with_grads(backend, *inputs[:3], kernel, dilation, inputs[3], torch.float64)
+    got32 = na2d_with_grads(backend, *inputs[:3], kernel, dilation, inputs[3], torch.float32)
+    for name, value in expected.items():
+        torch.testing.assert_close(got64[name], value, rtol=0, atol=1e-10, msg=f"float64 {name}")
+        torch.testing.assert_close(got32[name].double(), value, rtol=0, atol=FLOAT32_ATOL[name], msg=f"float32 {name}")
+
+
+CASES = [  # (B, heads, H, W, D, kernel, dilation, rpb)
+    (2, 4, 16, 16, 32, (7, 7), (2, 2), True),    # a StyleNAT 16x16 stage
+    (1, 2, 14, 14, 16, (7, 7), (1, 1), True),
+    (2, 3, 7, 9, 8, (3, 3), (2, 3), False),
+    (1, 2, 9, 13, 8, (3, 5), (3, 2), True),      # L = k*d and L = k*d + d - 1
+    (1, 1, 13, 13, 8, (13, 13), (1, 1), True),   # k = L
+    (1, 16, 6, 6, 8, (3, 3), (2, 2), True),      # 16 heads
+    (1, 1, 5, 7, 128, (5, 7), (1, 1), False),    # head_dim 128, non-square kernel
+    (1, 2, 11, 10, 24, (3, 3), (3, 3), True),    # head_dim without a compiled fast path
+]
+
+
+@pytest.mark.parametrize("B, heads, H, W, D, kernel, dilation, with_rpb", CASES)
+def test_cpu_na2d_matches_reference(B, heads, H, W, D, kernel, dilation, with_rpb):
+    assert_matches_reference("cpu", B, heads, H, W, D, kernel, dilation, with_rpb)
+
+
+@st.composite
+def na_problems(draw):
+    """Random valid shapes, biased towards the edge cases: L = k*d and L = k*d + 1 .. k*d + d - 1."""
+    axes = []
+    for _ in range(2):
+        kernel = draw(st.sampled_from([3, 5, 7, 9, 11, 13]))
+        dilation = draw(st.integers(1, max(1, 24 // kernel)))
+        extra = draw(st.one_of(st.just(0), st.integers(1, max(1, dilation - 1)), st.integers(0, 8)))
+        axes.append((kernel * dilation + extra, kernel, dilation))
+    heads = draw(st.integers(1, 16))
+    D = draw(st.sampled_from([8, 16, 32, 64, 128, 12]))
+    if heads * D > 256:
+        heads = max(1, 256 // D)
+    return dict(B=draw(st.integers(1, 2)), heads=heads, H=axes[0][0], W=axes[1][0], D=D,
+                kernel=(axes[0][1], axes[1][1]), dilation=(axes[0][2], axes[1][2]), with_rpb=draw(st.booleans()))
+
+
+@given(problem=na_problems(), seed=st.integers(0, 2**16))
+def test_cpu_na2d_sweep(problem, seed):
+    assert_matches_reference("cpu", **problem, seed=seed)
+
+
+@pytest.mark.parametrize("B, heads, H, W, D, kernel, dilation, with_rpb", CASES[:5])
+def test_cpu_unfused_ops_match_reference(B, heads, H, W, D, kernel, dilation, with_rpb):
+    q, k, v, rpb = make_inputs(B, heads, H, W, D, kernel, dilation, with_rpb)
+    attn = torch.softmax(torch.randn(B, heads, H, W, kernel[0] * kernel[1], dtype=torch.float64), -1)
+    results = {}
+    for backend in ("reference", "cpu"):
+        leaves = [t.clone().requires_grad_() if t is not None else None for t in (q, k, v, rpb, attn)]
+        logits = natten_ops.na2d_qk(leaves[0], leaves[1], kernel, dilation, rpb=leaves[3], backend=backend)
+        out = natten_ops.na2d_av(leaves[4], leaves[2], kernel, dilation, backend=backend)
+        loss = (logits * torch.cos(logits)).sum() + (out * torch.sin(out)).sum()
+        grads = torch.autograd.grad(loss, [t for t in leaves if t is not None])
+        results[backend] = (logits, out, *grads)
+    for got, expected in zip(results["cpu"], results["reference"]):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+
+
+def test_hydra_groups_equal_separate_calls():
+    """One grouped call == each head group through na2d separately, concatenated along heads."""
+    q, k, v, _ = make_inputs(2, 7, 16, 16, 16, (7, 7), (1, 1), False, dtype=torch.float32)
+    gen = torch.Generator().manual_seed(3)
+    groups = [HeadGroup(3, 7, 1, torch.randn(3, 13, 13, generator=gen)),
+              HeadGroup(4, (5, 3), (3, 4), torch.randn(4, 9, 5, generator=gen)),
+              ]
+    for backend in ("reference", "cpu", "flex"):
+        with torch.no_grad():
+            grouped = natten_ops.na2d_grouped(q, k, v, groups, backend=backend)
+            separate = torch.cat([natten_ops.na2d(q[:, :3], k[:, :3], v[:, :3], 7, 1, rpb=groups[0].rpb, backend="reference"),
+                                  natten_ops.na2d(q[:, 3:], k[:, 3:], v[:, 3:], (5, 3), (3, 4), rpb=groups[1].rpb,
+                                                  backend="reference")], dim=1)
+        torch.testing.assert_close(grouped, separate, rtol=0, atol=1e-5, msg=backend)
+
+
+def test_hydra_groups_gradients_cpu():
+    q, k, v, _ = make_inputs(1, 4, 12, 12, 8, (5, 5), (1, 1), False)
+    gen = torch.Generator().manual_seed(4)
+    rpbs = [torch.randn(2, 9, 9, generator=gen, dtype=torch.float64), torch.randn(2, 5, 5, generator=gen, dtype=torch.float64)]
+    grads = {}
+    for backend in ("reference", "cpu"):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v, *rpbs)]
+        groups = [HeadGroup(2, 5, 2, leaves[3]), HeadGroup(2, 3, 4, leaves[4])]
+        out = natten_ops.na2d_grouped(*leaves[:3], groups, backend=backend)
+        grads[backend] = torch.autograd.grad((out * out.detach().sin()).sum(), leaves)
+    for got, expected in zip(grads["cpu"], grads["reference"]):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cpu_half_inputs_computed_in_float32(dtype):
+    q, k, v, rpb = make_inputs(1, 2, 10, 10, 16, (5, 5), (2, 2), True, dtype=torch.float32)
+    half = [t.to(dtype) for t in (q, k, v, rpb)]
+    out = natten_ops.na2d(*half[:3], 5, 2, rpb=half[3], backend="cpu")
+    assert out.dtype == dtype
+    expected = natten_ops.na2d(*(t.float() for t in half[:3]), 5, 2, rpb=half[3].float(), backend="reference")
+    torch.testing.assert_close(out.float(), expected, rtol=0, atol={torch.float16: 1e-2, torch.bfloat16: 5e-2}[dtype])
+
+
+def test_flex_forward_matches_reference():
+    for B, heads, H, W, D, kernel, dilation, with_rpb in CASES[:4]:
+        q, k, v, rpb = make_inputs(B, heads, H, W, D, kernel, dilation, with_rpb, dtype=torch.float32)
+        with torch.no_grad():
+            out = natten_ops.na2d(q, k, v, kernel, dilation, rpb=rpb, backend="flex")
+        expected = natten_ops.na2d(q.double(), k.double(), v.double(), kernel, dilation,
+                                   rpb=rpb.double() if rpb is not None else None, backend="reference")
+        torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-4)
+
+
+def test_flex_refuses_gradients_on_cpu():
+    q, k, v, _ = make_inputs(1, 1, 7, 7, 8, (3, 3), (1, 1), False, dtype=torch.float32)
+    with pytest.raises(natten_ops.BackendUnavailable, match="no backward on the CPU"):
+        natten_ops.na2d(q.requires_grad_(), k, v, 3, backend="flex")
+
+
+def test_cpu_backward_is_deterministic():
+    q, k, v, rpb = make_inputs(2, 4, 16, 16, 32, (7, 7), (2, 2), True, dtype=torch.float32)
+    runs = [na2d_with_grads("cpu", q, k, v, (7, 7), (2, 2), rpb, torch.float32) for _ in range(2)]
+    for name in runs[0]:
+        assert torch.equal(runs[0][name], runs[1][name]), name
+
+
+def test_non_contiguous_inputs():
+    q, k, v, rpb = make_inputs(2, 3, 9, 11, 8, (3, 3), (2, 3), True, dtype=torch.float64)
+    # [B, H, W, heads, D] storage viewed as [B, heads, H, W, D], as attention modules produce.
+    strided = [t.permute(0, 2, 3, 1, 4).contiguous().permute(0, 3, 1, 2, 4) for t in (q, k, v)]
+    assert not strided[0].is_contiguous()
+    for backend in ("reference", "cpu"):
+        out = natten_ops.na2d(*strided, 3, (2, 3), rpb=rpb, backend=backend)
+        torch.testing.assert_close(out, natten_ops.na2d(q, k, v, 3, (2, 3), rpb=rpb, backend="reference"),
+                                   rtol=0, atol=1e-12)
+    logits = natten_ops.na2d_qk(*strided[:2], 3, (2, 3), backend="cpu")
+    torch.testing.assert_close(logits, natten_ops.na2d_qk(q, k, 3, (2, 3), backend="reference"), rtol=0, atol=1e-12)
+
+
+def test_auto_picks_cpu_kernels_for_cpu_tensors():
+    assert "cpu" in natten_ops.available_backends("cpu")
+    q, k, v, _ = make_inputs(1, 1, 7, 7, 8, (3, 3), (1, 1), False)
+    torch.testing.assert_close(natten_ops.na2d(q, k, v, 3), natten_ops.na2d(q, k, v, 3, backend="cpu"), rtol=0, atol=0)
