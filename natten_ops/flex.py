@@ -48,6 +48,12 @@ def _compiled_flex():
     return torch.compile(flex_attention, dynamic=False)
 
 
+@functools.lru_cache(maxsize=None)
+def _compiled_create_block_mask():
+    # Compiled so the mask is evaluated block by block, never as a dense [heads, HW, HW] tensor.
+    return torch.compile(create_block_mask)
+
+
 def _window_start(pos: Tensor, length: int, kernel: Tensor, dilation: Tensor) -> Tensor:
     """Axis position of the first key in the window of ``pos`` (tensor form of na2d_index.h)."""
     group = pos % dilation
@@ -100,8 +106,9 @@ def _bias_tables(groups: Sequence[HeadGroup], dtype, device) -> tuple[Tensor, Te
 def _block_mask(signature: tuple, heads: int, height: int, width: int, device: torch.device):
     pattern = _Pattern([HeadGroup(n, k, d) for n, k, d in signature], device)
     tokens = height * width
-    return create_block_mask(_mask_mod(pattern, height, width), B=None, H=heads, Q_LEN=tokens, KV_LEN=tokens,
-                             device=device, _compile=True), pattern
+    mask = _compiled_create_block_mask()(_mask_mod(pattern, height, width), B=None, H=heads, Q_LEN=tokens,
+                                         KV_LEN=tokens, device=device)
+    return mask, pattern
 
 
 def na2d(q: Tensor, k: Tensor, v: Tensor, groups: Sequence[HeadGroup], scale: float) -> Tensor:

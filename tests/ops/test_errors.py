@@ -55,7 +55,7 @@ def test_unavailable_backend_says_why():
 
 def test_flex_is_refused_for_unfused_ops():
     q, k, v = qkv()
-    with pytest.raises(ValueError, match="flex serves the fused na2d only"):
+    with pytest.raises(ValueError, match="'flex' serves the fused na2d only"):
         natten_ops.na2d_qk(q, k, 3, backend="flex")
 
 
