@@ -13,12 +13,10 @@ Ratios are measured in this run, on this machine; they are the figures the READM
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
-
 import torch
 
 import natten_ops
+from stylenat.profiling import median_seconds, peak_memory_bytes
 
 STYLENAT_SHAPES = [  # (B, heads, H=W, head_dim, kernel, dilation): the generator's Hydra-NA stages
     (4, 16, 16, 32, 7, 2),
@@ -37,40 +35,6 @@ def shapes(quick: bool, scale_batch: int = 1):
     return rows[::3] if quick else rows
 
 
-def peak_memory(device: torch.device, fn) -> int:
-    """Peak bytes that torch allocated while running ``fn`` (beyond what was allocated before)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    # CPU: replay each op's own allocations minus frees (torch's profiler) in time order.
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    current = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        current += event.self_cpu_memory_usage
-        peak = max(peak, current)
-    return peak
-
-
-def timeit(device: torch.device, fn, repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def run_case(backend: str, shape, device, dtype, repeats: int, backward: bool):
     B, heads, n, D, k, d = shape
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -86,14 +50,8 @@ def run_case(backend: str, shape, device, dtype, repeats: int, backward: bool):
             out.sum().backward()
         return out
 
-    if not backward:
-        with torch.no_grad():
-            seconds = timeit(device, step, repeats)
-            memory = peak_memory(device, step)
-    else:
-        seconds = timeit(device, step, repeats)
-        memory = peak_memory(device, step)
-    return seconds, memory
+    with torch.set_grad_enabled(backward):
+        return median_seconds(step, device, repeats), peak_memory_bytes(step, device)
 
 
 def main(argv=None):

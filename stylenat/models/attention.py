@@ -4,6 +4,8 @@ One implementation serves both model families:
 
 - :class:`NeighborhoodAttention2D` — NAT / DiNAT: one kernel size and dilation for all heads,
   one RPB table ``rpb`` ``[heads, 2k-1, 2k-1]``.
+- :class:`RelativePositionAttention` — StyleNAT's 4x4 stage: full attention with a relative-position
+  bias table, for maps too small for a neighborhood.
 - :class:`HydraNeighborhoodAttention` — StyleNAT: the heads split into contiguous groups, each with
   its own (kernel, dilation) and RPB table ``rpb.{i}`` ``[group_heads, 2k-1, 2k-1]``; all groups run in
   one ``natten_ops.na2d_grouped`` call.
@@ -130,3 +132,40 @@ class HydraNeighborhoodAttention(_GroupedNeighborhoodAttention):
 
     def _rpb_tables(self):
         return list(self.rpb)
+
+
+class RelativePositionAttention(nn.Module):
+    """Full multi-head self-attention over an ``r x r`` map with a learned relative-position bias.
+
+    The bias of query ``i`` and key ``j`` is ``rpb[head, (row_j - row_i) + r - 1, (col_j - col_i) + r - 1]``
+    (the neighborhood-attention convention: key minus query), gathered through the non-persistent
+    ``relative_position_index`` buffer ``[r*r, r*r]``. Parameters ``qkv``, ``rpb`` ``[heads, 2r-1, 2r-1]``
+    and ``proj``.
+
+    ``[B, r, r, C]`` -> ``[B, r, r, C]``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, resolution: int, qkv_bias: bool = True):
+        super().__init__()
+        self.dim, self.num_heads, self.head_dim, self.resolution = dim, num_heads, dim // num_heads, resolution
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.rpb = nn.Parameter(torch.zeros(num_heads, 2 * resolution - 1, 2 * resolution - 1))
+        nn.init.trunc_normal_(self.rpb, std=0.02)
+        self.proj = nn.Linear(dim, dim)
+        rows, cols = torch.meshgrid(torch.arange(resolution), torch.arange(resolution), indexing="ij")
+        rows, cols = rows.flatten(), cols.flatten()
+        index = (rows[None, :] - rows[:, None] + resolution - 1) * (2 * resolution - 1) \
+            + (cols[None, :] - cols[:, None] + resolution - 1)
+        self.register_buffer("relative_position_index", index, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, H, W, C = x.shape
+        assert H == W == self.resolution, f"expected a {self.resolution}x{self.resolution} map, got {H}x{W}"
+        qkv = self.qkv(x).view(B, H * W, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # [B, heads, N, head_dim]
+        bias = self.rpb.flatten(1)[:, self.relative_position_index]  # [heads, N, N]
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))  # scale head_dim^-0.5
+        return self.proj(x.transpose(1, 2).reshape(B, H, W, C))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, heads={self.num_heads}, resolution={self.resolution}"

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stylenat.models.attention import HydraNeighborhoodAttention, broadcast_pattern
-from stylenat.models.layers import AdaIN, EqualLinear, FIRFilter2d, pixel_norm, sinusoidal_position_encoding
+from stylenat.models.attention import HydraNeighborhoodAttention, RelativePositionAttention, broadcast_pattern
+from stylenat.models.layers import AdaIN, EqualLinear, FIRFilter2d, Mlp, pixel_norm, sinusoidal_position_encoding
 
 # ---------------------------------------------------------------------------------------------
 # Mapping network
@@ -84,56 +84,6 @@ class MappingNetwork(nn.Module):
 
 # ---------------------------------------------------------------------------------------------
 # Synthesis network
-
-
-class RelativePositionAttention(nn.Module):
-    """Full multi-head self-attention over an ``r x r`` map with a learned relative-position bias.
-
-    The bias of query ``i`` and key ``j`` is ``rpb[head, (row_j - row_i) + r - 1, (col_j - col_i) + r - 1]``
-    (the neighborhood-attention convention: key minus query), gathered through the non-persistent
-    ``relative_position_index`` buffer ``[r*r, r*r]``. Parameters ``qkv``, ``rpb`` ``[heads, 2r-1, 2r-1]``
-    and ``proj``.
-
-    ``[B, r, r, C]`` -> ``[B, r, r, C]``.
-    """
-
-    def __init__(self, dim: int, num_heads: int, resolution: int, qkv_bias: bool = True):
-        super().__init__()
-        self.dim, self.num_heads, self.head_dim, self.resolution = dim, num_heads, dim // num_heads, resolution
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.rpb = nn.Parameter(torch.zeros(num_heads, 2 * resolution - 1, 2 * resolution - 1))
-        nn.init.trunc_normal_(self.rpb, std=0.02)
-        self.proj = nn.Linear(dim, dim)
-        rows, cols = torch.meshgrid(torch.arange(resolution), torch.arange(resolution), indexing="ij")
-        rows, cols = rows.flatten(), cols.flatten()
-        index = (rows[None, :] - rows[:, None] + resolution - 1) * (2 * resolution - 1) \
-            + (cols[None, :] - cols[:, None] + resolution - 1)
-        self.register_buffer("relative_position_index", index, persistent=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        B, H, W, C = x.shape
-        assert H == W == self.resolution, f"expected a {self.resolution}x{self.resolution} map, got {H}x{W}"
-        qkv = self.qkv(x).view(B, H * W, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # [B, heads, N, head_dim]
-        bias = self.rpb.flatten(1)[:, self.relative_position_index]  # [heads, N, N]
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))  # scale head_dim^-0.5
-        return self.proj(x.transpose(1, 2).reshape(B, H, W, C))
-
-    def extra_repr(self) -> str:
-        return f"dim={self.dim}, heads={self.num_heads}, resolution={self.resolution}"
-
-
-class Mlp(nn.Module):
-    """``Linear(C, hidden) -> GELU -> Linear(hidden, C)`` on ``[..., C]``."""
-
-    def __init__(self, dim: int, hidden_dim: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class StyleBlock(nn.Module):

@@ -243,3 +243,16 @@ class MinibatchStd(nn.Module):
 
     def extra_repr(self) -> str:
         return f"group_size={self.group_size}, num_features={self.num_features}"
+
+
+class Mlp(nn.Module):
+    """``Linear(C, hidden) -> GELU -> Linear(hidden, C)`` on ``[..., C]`` (transformer MLP)."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))

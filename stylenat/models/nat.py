@@ -33,6 +33,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from stylenat.models.attention import NeighborhoodAttention2D
+from stylenat.models.layers import Mlp
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
@@ -111,19 +112,6 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p:.3f}"
-
-
-class Mlp(nn.Module):
-    """Linear, GELU, Linear: ``[..., dim]`` -> ``[..., dim]``."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class NATBlock(nn.Module):

@@ -1,0 +1,77 @@
+"""``stylenat throughput``: generator images per second and peak memory, per natten_ops backend, in one run.
+
+    stylenat throughput --preset ffhq256 --batch 1                 # inference (G_ema sampling)
+    stylenat throughput --preset ffhq256 --batch 2 --train         # one G step + one D step per iteration
+    stylenat throughput --preset ffhq256 --batch 32 --device cuda --dtype bfloat16
+
+Training iterations use the paper's losses without the lazy regularisers (R1 every 16 steps, bCR), so
+they measure the attention-bound part that the backends change.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+
+import natten_ops
+from stylenat.models import create_discriminator, create_generator
+from stylenat.profiling import median_seconds, peak_memory_bytes
+
+
+def _inference_step(G, batch: int, device, dtype):
+    def step():
+        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            return G(torch.randn(batch, G.z_dim, device=device))
+    return step
+
+
+def _training_step(G, D, batch: int, device, dtype):
+    def step():
+        z = torch.randn(batch, G.z_dim, device=device)
+        reals = torch.randn(batch, 3, G.size, G.size, device=device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            d_loss = F.softplus(D(G(z).detach())).mean() + F.softplus(-D(reals)).mean()
+        d_loss.backward()
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            g_loss = F.softplus(-D(G(z))).mean()
+        g_loss.backward()
+    return step
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="ffhq256", help="generator/discriminator preset (default ffhq256)")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="autocast dtype (float32: no autocast)")
+    parser.add_argument("--backends", default=None, help="comma list (default: every available one)")
+    parser.add_argument("--train", action="store_true", help="time G+D training iterations instead of sampling")
+    parser.add_argument("--repeats", type=int, default=3)
+
+
+def run(args) -> int:
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    backends = args.backends.split(",") if args.backends else natten_ops.BACKENDS
+    mode = "training (G+D step)" if args.train else "inference"
+    print(f"# {args.preset}, batch {args.batch}, {mode}, {args.dtype}, device {device}"
+          f" ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'})")
+    print("| backend | img/s | ms / batch | peak MB |\n|---|---|---|---|")
+    for backend in backends:
+        reason = natten_ops.unavailable_reason(backend, "na2d", device, dtype, needs_grad=args.train)
+        if reason is not None:
+            print(f"| {backend} | - | - | - ({reason}) |")
+            continue
+        torch.manual_seed(0)
+        G = create_generator(args.preset, backend=backend).to(device)
+        if args.train:
+            D = create_discriminator(args.preset).to(device)
+            step = _training_step(G.train(), D, args.batch, device, dtype)
+        else:
+            step = _inference_step(G.eval(), args.batch, device, dtype)
+        seconds = median_seconds(step, device, args.repeats)
+        memory = peak_memory_bytes(step, device)
+        print(f"| {backend} | {args.batch / seconds:.3f} | {seconds * 1e3:.0f} | {memory / 2**20:.0f} |", flush=True)
+        del G
+    return 0
