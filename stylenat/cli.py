@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = sub.add_parser("prepare", help="convert a dataset to a zip (stylenat prepare --help)", add_help=False)
     prepare.add_argument("rest", nargs=argparse.REMAINDER)
     prepare.set_defaults(run=_prepare)
+    from stylenat.evaluate_cli import COMMANDS  # generate, fid, attention-map
+
+    for name, command in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=command.help, description=command.help)
+        command.add_arguments(command_parser)
+        command_parser.set_defaults(run=command.run)
     return parser
 
 

@@ -1,0 +1,311 @@
+"""Sampling helpers shared by ``stylenat generate / fid / attention-map`` and the metrics callback.
+
+- **Seeds and latents.** ``parse_seeds("0-15,42")``; latents come from
+  :func:`stylenat.metrics.z_from_seeds`, so ``generate --seeds 0-49999`` saves exactly the images that
+  ``fid`` with seed 0 measures.
+- **Images.** :func:`synthesize` runs a generator over latents in batches (truncation applied in the
+  mapping, ``w_avg`` never updated); images are uint8 ``[N, 3, H, W]`` (:func:`stylenat.metrics.to_uint8`).
+  :func:`image_grid`, :func:`save_png`, :func:`save_latents`, :func:`write_video`.
+- **Interpolation.** :func:`interpolation_latents`: slerp between two z (then mapped) or lerp between
+  their w.
+- **Evaluation set-up.** :func:`build_extractor` (clean-fid's Inception, or any extractor factory named
+  ``package.module:function``) and :func:`build_reference` (named clean-fid statistics
+  ``ffhq:256:trainval70k``, or statistics of a dataset).
+- **Attention maps.** Which pixels one query attends in each head group of a Hydra attention layer:
+  :func:`window_masks` from the window index math (:func:`natten_ops.reference.window_indices`),
+  :func:`attention_probabilities` from the layer's qkv output captured with :func:`capture_output`
+  (a forward hook), and :func:`overlay_attention` to draw them over the sample.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import math
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from PIL import Image
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from natten_ops.reference import window_indices
+from stylenat.metrics import (INCEPTION, FeatureExtractor, ReferenceStats, inception_extractor, named_reference_stats,
+                              path_reference_stats, to_uint8)
+from stylenat.metrics.reference import check_named_stats
+from stylenat.metrics.sampling import MAX_SEED
+from stylenat.models.attention import HydraNeighborhoodAttention
+from stylenat.models.generator import Generator
+
+# ---------------------------------------------------------------------------------------------
+# Seeds, latents and images
+
+_SEED_PART = re.compile(r"(\d+)(?:-(\d+))?")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-15,42,100-103"`` -> ``[0, 1, ..., 15, 42, 100, ..., 103]`` (ranges inclusive, order kept,
+    repeats dropped); a one-line ``ValueError`` for anything else."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        match = _SEED_PART.fullmatch(part.strip())
+        if match is None:
+            raise ValueError(f"malformed seeds {text!r}: expected comma-separated seeds and ranges such as "
+                             f"0-15,42,100-103 (bad part {part.strip()!r})")
+        first, last = int(match[1]), int(match[2] or match[1])
+        if first > last or last > MAX_SEED:
+            raise ValueError(f"malformed seeds {text!r}: a range must run upwards within [0, {MAX_SEED}], "
+                             f"got {part.strip()!r}")
+        seeds.extend(range(first, last + 1))
+    return list(dict.fromkeys(seeds))
+
+
+@torch.no_grad()
+def synthesize(G: Generator, latents: Tensor, *, space: str = "z", psi: float = 1.0, cutoff: int | None = None,
+               batch_size: int = 16, desc: str = "generating") -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield ``(ws [b, num_ws, w_dim], images uint8 [b, 3, H, W])`` on the CPU, batch by batch.
+
+    ``latents`` are z ``[N, z_dim]`` (``space="z"``: mapped with truncation ``psi`` / ``cutoff``) or
+    ws ``[N, num_ws, w_dim]`` (``space="w"``: fed to the synthesis network as they are).
+    """
+    if space not in ("z", "w"):
+        raise ValueError(f"latent space must be 'z' or 'w', got {space!r}")
+    device = G.synthesis.const.device
+    with tqdm(total=len(latents), desc=desc, unit="img") as bar:
+        for chunk in latents.split(batch_size):
+            chunk = chunk.to(device)
+            ws = G.mapping(chunk, psi, cutoff, update_w_avg=False) if space == "z" else chunk
+            yield ws.cpu(), to_uint8(G.synthesis(ws)).cpu()
+            bar.update(len(chunk))
+
+
+def save_png(image: Tensor, path: str | os.PathLike) -> None:
+    """Write a uint8 ``[3, H, W]`` image as PNG."""
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
+
+
+def image_grid(images: Tensor, cols: int | None = None) -> Tensor:
+    """uint8 ``[N, 3, H, W]`` -> one ``[3, rows * H, cols * W]`` image, row-major, black where a row ends
+    early; ``cols`` defaults to ``ceil(sqrt(N))``."""
+    n, c, h, w = images.shape
+    cols = cols or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = images.new_zeros(rows * cols, c, h, w)
+    grid[:n] = images
+    return grid.view(rows, cols, c, h, w).permute(2, 0, 3, 1, 4).reshape(c, rows * h, cols * w)
+
+
+def save_latents(path: str | os.PathLike, seeds: list[int], z: Tensor, ws: Tensor, **meta) -> None:
+    """``.npz`` with ``seeds`` ``[N]``, ``z`` ``[N, z_dim]``, ``w`` ``[N, num_ws, w_dim]`` (as fed to the
+    synthesis network: truncation applied) and ``meta`` (a JSON string of ``meta``)."""
+    np.savez(path, seeds=np.asarray(seeds, np.int64), z=z.numpy(), w=ws.numpy(), meta=np.array(json.dumps(meta)))
+
+
+def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
+    """Spherical interpolation of ``a`` and ``b`` ``[D]`` at ``t`` ``[T]`` -> ``[T, D]``; exact at t = 0 and 1.
+
+    The angle comes from the directions; the endpoints keep their own lengths.
+    """
+    cos = torch.dot(a / a.norm(), b / b.norm()).clamp(-1, 1)
+    omega = torch.arccos(cos)
+    if omega.abs() < 1e-6:  # (anti)parallel within float error: the straight line is as good
+        return torch.lerp(a, b, t[:, None])
+    t = t[:, None]
+    return torch.sin((1 - t) * omega) / torch.sin(omega) * a + torch.sin(t * omega) / torch.sin(omega) * b
+
+
+@torch.no_grad()
+def interpolation_latents(G: Generator, z_a: Tensor, z_b: Tensor, frames: int, *, space: str = "z",
+                          psi: float = 1.0, cutoff: int | None = None) -> Tensor:
+    """``frames`` latents from ``z_a`` to ``z_b`` (``[z_dim]`` each), both ends included, for :func:`synthesize`.
+
+    ``space="z"``: slerp between the z (a Gaussian's mass lies on a sphere), returns z ``[frames, z_dim]``;
+    ``space="w"``: lerp between their (truncated) ws, returns ws ``[frames, num_ws, w_dim]``.
+    """
+    if frames < 2:
+        raise ValueError(f"an interpolation needs at least 2 frames, got {frames}")
+    t = torch.linspace(0, 1, frames)
+    if space == "z":
+        return slerp(z_a, z_b, t)
+    if space == "w":
+        device = G.synthesis.const.device
+        ws = G.mapping(torch.stack([z_a, z_b]).to(device), psi, cutoff, update_w_avg=False).cpu()
+        return torch.lerp(ws[0], ws[1], t[:, None, None])
+    raise ValueError(f"latent space must be 'z' or 'w', got {space!r}")
+
+
+def write_video(frames: Tensor, stem: str | os.PathLike, fps: int = 30) -> Path:
+    """Write uint8 ``[T, 3, H, W]`` frames as ``<stem>.mp4`` (torchvision's ``write_video`` with PyAV) or,
+    when that writer is missing, as an animated ``<stem>.gif`` (Pillow). Returns the path written."""
+    stem = Path(stem)
+    write = getattr(torchvision.io, "write_video", None)  # gone from recent torchvision releases
+    if write is not None and importlib.util.find_spec("av") is not None:
+        path = stem.with_suffix(".mp4")
+        write(str(path), frames.permute(0, 2, 3, 1), fps=fps)
+        return path
+    path = stem.with_suffix(".gif")
+    pictures = [Image.fromarray(frame.permute(1, 2, 0).numpy()) for frame in frames]
+    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=round(1000 / fps), loop=0)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation set-up: the feature extractor and the reference statistics
+
+
+def build_extractor(spec: str | FeatureExtractor | None, *, mode: str = "clean",
+                    weights: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> FeatureExtractor:
+    """A feature extractor from its description.
+
+    ``None`` or ``"inception"``: clean-fid's Inception in ``mode`` (``weights`` as for
+    :func:`stylenat.metrics.find_inception_weights`; the only extractor whose metrics are called FID/KID).
+    ``"package.module:function"``: ``function(mode=mode, device=device)`` must return a
+    :class:`~stylenat.metrics.FeatureExtractor` (e.g. a :class:`~stylenat.metrics.CleanFIDExtractor`
+    around a classifier trained offline, labelled with its own name). An extractor object is returned as is.
+    """
+    if spec is None or spec == "inception":
+        return inception_extractor(mode, weights, device=device)
+    if weights is not None:
+        raise ValueError("Inception weights apply only to the 'inception' extractor, not to " + repr(spec))
+    if isinstance(spec, FeatureExtractor):
+        return spec
+    module, _, name = str(spec).partition(":")
+    if not module or not name:
+        raise ValueError(f"extractor must be 'inception' or a factory 'package.module:function', got {spec!r}")
+    try:
+        factory = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot load the extractor factory {spec!r}: {err}") from err
+    extractor = factory(mode=mode, device=device)
+    if not isinstance(extractor, FeatureExtractor):
+        raise ValueError(f"the extractor factory {spec!r} returned {type(extractor).__name__}, not a feature "
+                         "extractor (name, mode, feature_dim, __call__)")
+    return extractor
+
+
+def parse_reference_name(ref: str, resolution: int | None = None) -> tuple[str, int, str]:
+    """``"ffhq:256:trainval70k"`` -> ``("ffhq", 256, "trainval70k")``, checked against clean-fid's list
+    and, when given, against the ``resolution`` of the images to measure."""
+    parts = ref.split(":")
+    if len(parts) != 3 or not parts[1].isdigit():
+        raise ValueError(f"reference statistics must be named NAME:RESOLUTION:SPLIT such as ffhq:256:trainval70k, "
+                         f"got {ref!r}")
+    name, stats_resolution, split = parts[0], int(parts[1]), parts[2]
+    check_named_stats(name, stats_resolution, split)
+    if resolution is not None and stats_resolution != resolution:
+        raise ValueError(f"the images are {resolution}x{resolution}, but the reference statistics {ref!r} are "
+                         f"for {stats_resolution}x{stats_resolution}")
+    return name, stats_resolution, split
+
+
+def build_reference(ref: str | None, ref_data: str | os.PathLike | None, *, extractor: FeatureExtractor,
+                    resolution: int, batch_size: int = 64, verbose: bool = True) -> ReferenceStats:
+    """Reference statistics for images of ``resolution``: clean-fid's named ones (``ref``, Inception only)
+    or those of the images in a folder or zip (``ref_data``, computed once and cached). Exactly one of
+    the two must be given."""
+    if (ref is None) == (ref_data is None):
+        raise ValueError("give exactly one of the named reference statistics (ref) and a reference dataset "
+                         "(ref_data)")
+    if ref_data is not None:
+        return path_reference_stats(ref_data, extractor=extractor, resolution=resolution, batch_size=batch_size,
+                                    verbose=verbose)
+    name, _, split = parse_reference_name(ref, resolution)
+    if extractor.name != INCEPTION:
+        raise ValueError(f"the named statistics {ref!r} hold Inception features; with the extractor "
+                         f"{extractor.name!r} compute statistics from a dataset (ref_data) instead")
+    return named_reference_stats(name, resolution, split, mode=extractor.mode)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention maps
+
+
+def hydra_attention(G: Generator, resolution: int, block: int = 0) -> HydraNeighborhoodAttention:
+    """The Hydra attention of style block ``block`` (0 or 1) at the ``resolution`` stage of ``G``."""
+    stages = {s.resolution: s for s in G.synthesis.stages if isinstance(s.blocks[0].attn, HydraNeighborhoodAttention)}
+    if resolution not in stages:
+        raise ValueError(f"resolution {resolution} is not a neighborhood-attention stage of this generator; "
+                         f"choose from {sorted(stages)}")
+    if block not in (0, 1):
+        raise ValueError(f"block must be 0 or 1 (each stage has two style blocks), got {block}")
+    return stages[resolution].blocks[block].attn
+
+
+def _check_query(resolution: int, x: int, y: int) -> None:
+    if not (0 <= x < resolution and 0 <= y < resolution):
+        raise ValueError(f"query ({x}, {y}) is outside the {resolution}x{resolution} map: x and y must lie "
+                         f"in [0, {resolution - 1}]")
+
+
+def window_masks(attn: HydraNeighborhoodAttention, resolution: int, x: int, y: int) -> list[Tensor]:
+    """Per head group, bool ``[resolution, resolution]``: the keys that the query at column ``x``, row
+    ``y`` attends (maps smaller than a group's window are padded by the layer, and so here)."""
+    _check_query(resolution, x, y)
+    length = max(resolution, attn.window)
+    masks = []
+    for kernel, dilation in attn.pattern:
+        keys, _ = window_indices(length, kernel, dilation)
+        mask = torch.zeros(length, length, dtype=torch.bool)
+        mask[keys[y][:, None], keys[x][None, :]] = True
+        masks.append(mask[:resolution, :resolution])
+    return masks
+
+
+@contextmanager
+def capture_output(module: nn.Module) -> Iterator[dict]:
+    """Within the block, a forward hook stores ``module``'s latest output (detached) under ``"output"``."""
+    store: dict = {}
+    handle = module.register_forward_hook(lambda _module, _inputs, output: store.update(output=output.detach()))
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def attention_probabilities(attn: HydraNeighborhoodAttention, qkv: Tensor, resolution: int, x: int, y: int,
+                            sample: int = 0) -> list[Tensor]:
+    """Per head group, ``[group_heads, resolution, resolution]``: the attention probabilities of the query
+    at column ``x``, row ``y`` of ``sample``, zero outside its window.
+
+    ``qkv`` is the output ``[B, Hp, Wp, 3C]`` of ``attn.qkv`` (see :func:`capture_output`); the logits are
+    recomputed as the layer computes them: ``scale * q.k`` plus the group's relative-position bias.
+    """
+    _check_query(resolution, x, y)
+    _, Hp, Wp, _ = qkv.shape
+    q, k, _ = qkv[sample].float().reshape(Hp, Wp, 3, attn.num_heads, attn.head_dim).permute(2, 3, 0, 1, 4)
+    maps, head = [], 0  # q, k: [heads, Hp, Wp, head_dim]
+    for group, (heads, (kernel, dilation)) in enumerate(zip(attn.group_heads, attn.pattern)):
+        rows, row_bias = window_indices(Hp, kernel, dilation, qkv.device)
+        cols, col_bias = window_indices(Wp, kernel, dilation, qkv.device)
+        r, c = rows[y][:, None], cols[x][None, :]  # [kernel, 1], [1, kernel]
+        keys = k[head:head + heads][:, r, c]  # [heads, kernel, kernel, head_dim]
+        logits = torch.einsum("hd,hijd->hij", q[head:head + heads, y, x] * attn.scale, keys)
+        logits = logits + attn.rpb[group][:, row_bias[y][:, None], col_bias[x][None, :]].float()
+        probs = logits.flatten(1).softmax(dim=-1).view(heads, kernel, kernel)
+        full = qkv.new_zeros(heads, Hp, Wp, dtype=torch.float32)
+        full[:, r, c] = probs
+        maps.append(full[:, :resolution, :resolution].cpu())
+        head += heads
+    return maps
+
+
+def overlay_attention(image: Tensor, weights: Tensor, x: int, y: int, alpha: float = 0.7) -> Tensor:
+    """Draw ``weights`` ``[r, r]`` (>= 0; 0 leaves a pixel as it is) over uint8 ``image`` ``[3, S, S]`` in
+    red, opacity ``alpha * weights / max``, each map cell covering ``S / r`` pixels; the query cell
+    ``(x, y)`` is painted green. Returns uint8 ``[3, S, S]``."""
+    size, r = image.shape[-1], weights.shape[-1]
+    scale = size // r
+    weights = weights.float()
+    opacity = (alpha * weights / weights.max()).repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+    red = torch.tensor([255.0, 0.0, 0.0])[:, None, None]
+    out = image.float() * (1 - opacity) + red * opacity
+    out[:, y * scale:(y + 1) * scale, x * scale:(x + 1) * scale] = torch.tensor([0.0, 255.0, 0.0])[:, None, None]
+    return out.round().to(torch.uint8)

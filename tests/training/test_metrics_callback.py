@@ -1,0 +1,132 @@
+"""MetricsCallback: a real (tiny) Trainer run, and the best-checkpoint logic on scripted metric values."""
+
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.data import DataLoader, TensorDataset
+
+from stylenat.metrics import weights
+from stylenat.models.generator import create_generator
+from stylenat.training import metrics_callback
+from stylenat.training.metrics_callback import MetricsCallback
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "metrics"))
+from metrics_helpers import random_images, tiny_extractor, write_pngs  # noqa: E402  (the metrics tests' tiny net)
+
+
+def tiny_factory(mode, device):
+    """An extractor factory as a YAML config names it: ``extractor: "package.module:function"``."""
+    return tiny_extractor(mode)
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path_factory):
+    def no_download(*args, **kwargs):
+        raise AssertionError("a test tried to download a file")
+
+    monkeypatch.setattr(weights, "network_reachable", lambda url, timeout=3.0: False)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    monkeypatch.setenv("STYLENAT_CACHE", str(tmp_path_factory.mktemp("stylenat-cache")))
+
+
+class DummyGAN(LightningModule):
+    """What the callback needs of the GAN module: ``G_ema`` and ``cur_nimg`` (here: 8 images a step)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.G_ema = create_generator("demo")
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.cur_nimg = 0
+
+    def training_step(self, batch, batch_idx):
+        self.cur_nimg += len(batch[0])
+        return (self.weight - 1).pow(2).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD([self.weight], lr=0.1)
+
+
+def test_trainer_run_logs_records_and_keeps_the_best(tmp_path):
+    real = write_pngs(tmp_path / "real", random_images(16, seed=0, res=32))
+    callback = MetricsCallback(metrics=["fid", "kid"], every_kimg=0.016, num_samples_during=8, num_samples_final=12,
+                               ref_data=str(real), extractor=f"{__name__}:tiny_factory", batch_size=8)
+    module = DummyGAN()
+    w_avg = module.G_ema.mapping.w_avg.clone()
+    trainer = Trainer(max_steps=4, accelerator="cpu", logger=TensorBoardLogger(tmp_path, name="run"),
+                      callbacks=[callback], enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False, log_every_n_steps=1)
+    trainer.fit(module, DataLoader(TensorDataset(torch.zeros(32, 1)), batch_size=8))
+
+    run_dir = Path(trainer.log_dir)
+    during = [json.loads(line) for line in (run_dir / "metric-fd_tiny8.jsonl").read_text().splitlines()]
+    assert [r["cur_nimg"] for r in during] == [16, 32]  # every 16 images, counted by cur_nimg
+    assert during[0]["value"] == during[1]["value"] > 0  # G_ema did not change
+    assert (during[0]["seed"], during[0]["truncation"], during[0]["extractor"]) == (0, 1.0, "tiny")
+    assert len((run_dir / "metric-kd_tiny8.jsonl").read_text().splitlines()) == 2
+    final, = [json.loads(line) for line in (run_dir / "metric-fd_tiny12.jsonl").read_text().splitlines()]
+    assert final["cur_nimg"] == 32 and final["num_samples"] == 12
+
+    events = EventAccumulator(str(run_dir)).Reload()
+    assert [e.value for e in events.Scalars("metrics/fd_tiny8")] == pytest.approx([r["value"] for r in during])
+    assert [e.step for e in events.Scalars("metrics/fd_tiny8")] == [2, 4]
+    assert "metrics/kd_tiny12" in events.Tags()["scalars"]
+
+    best = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=False)
+    assert best["callbacks"][callback.state_key] == {"best": during[0]["value"]}
+    assert torch.equal(module.G_ema.mapping.w_avg, w_avg)  # sampled in eval mode: no w_avg update
+    assert module.G_ema.training  # and put back in the mode it was in
+
+
+def test_best_checkpoint_only_when_the_metric_improves(monkeypatch, tmp_path):
+    """Scripted values 5, 7, 3 save at 5 and 3; a callback restored from that state does not save at 4."""
+    values = iter([5.0, 7.0, 3.0, 4.0])
+
+    def fake_evaluate(generator, reference, *, num_samples, **kwargs):
+        return [{"metric": f"fd_tiny{num_samples}", "value": next(values), "extractor": "tiny"}]
+
+    monkeypatch.setattr(metrics_callback, "evaluate_generator", fake_evaluate)
+    monkeypatch.setattr(metrics_callback, "build_reference", lambda *args, **kwargs: None)
+    saved, logged = [], []
+    trainer = SimpleNamespace(global_step=0, save_checkpoint=lambda path: saved.append((path, callback.best)),
+                              loggers=[SimpleNamespace(log_metrics=lambda metrics, step: logged.append(metrics))])
+    module = SimpleNamespace(G_ema=create_generator("demo"), cur_nimg=0, device=torch.device("cpu"))
+
+    callback = MetricsCallback(every_kimg=1, num_samples_during=10, ref_data="unused", extractor=tiny_extractor(),
+                               run_dir=str(tmp_path))
+    callback.on_train_start(trainer, module)
+    for cur_nimg in (500, 1000, 1500, 2000, 2500, 3000):  # evaluations at 1000, 2000 and 3000
+        module.cur_nimg = cur_nimg
+        callback.on_train_batch_end(trainer, module, None, None, 0)
+    assert saved == [(tmp_path / "checkpoints" / "best.ckpt", 5.0), (tmp_path / "checkpoints" / "best.ckpt", 3.0)]
+    assert logged == [{"metrics/fd_tiny10": v} for v in (5.0, 7.0, 3.0)]
+
+    resumed = MetricsCallback(every_kimg=1, num_samples_during=10, ref_data="unused", extractor=tiny_extractor(),
+                              run_dir=str(tmp_path))
+    resumed.load_state_dict(callback.state_dict())
+    resumed.on_train_start(trainer, module)  # cur_nimg 3000: the next evaluation comes at 4000
+    module.cur_nimg = 3999
+    resumed.on_train_batch_end(trainer, module, None, None, 0)
+    module.cur_nimg = 4000
+    resumed.on_train_batch_end(trainer, module, None, None, 0)
+    assert len(saved) == 2 and resumed.best == 3.0 and len(logged) == 4
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(metrics=["fid", "is"], ref_data="d"), "metrics must be distinct entries"),
+    (dict(metrics=[], ref_data="d"), "metrics must be distinct entries"),
+    (dict(), "exactly one of ref"),
+    (dict(ref="ffhq:256:trainval70k", ref_data="d"), "exactly one of ref"),
+    (dict(metrics=["fid", "kid"], ref="ffhq:256:trainval70k"), "kid needs the reference features"),
+    (dict(ref_data="d", every_kimg=0), "every_kimg > 0"),
+])
+def test_option_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MetricsCallback(**kwargs)
