@@ -2,6 +2,10 @@
 
     stylenat fit --config configs/demo.yaml            train (LightningCLI; also validate/test)
     stylenat prepare SRC OUT.zip --resolution 256      convert a dataset to a StyleGAN-layout zip
+    stylenat generate --ckpt G --seeds 0-15 --grid     images from seeds (also interpolation, latents)
+    stylenat fid --ckpt G --ref ffhq:256:trainval70k   FID / KID with a recorded protocol
+    stylenat attention-map --ckpt G --resolution 64 --query 10,3   what each head group attends
+    stylenat throughput --preset ffhq256 --batch 1     generator img/s per natten_ops backend
     stylenat info                                      versions and natten_ops backends
 
 ``fit`` / ``validate`` / ``test`` are LightningCLI subcommands: the model and data module are chosen by
@@ -47,7 +51,17 @@ def _prepare(args) -> int:
     return prepare_main(args.rest)
 
 
+def _throughput_command():
+    from stylenat import throughput
+    from stylenat.evaluate_cli import Command
+
+    return Command("generator img/s and peak memory per natten_ops backend", throughput.add_arguments, throughput.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from stylenat.evaluate_cli import COMMANDS  # generate, fid, attention-map
+
+
     parser = argparse.ArgumentParser(prog="stylenat", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -58,9 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = sub.add_parser("prepare", help="convert a dataset to a zip (stylenat prepare --help)", add_help=False)
     prepare.add_argument("rest", nargs=argparse.REMAINDER)
     prepare.set_defaults(run=_prepare)
-    from stylenat.evaluate_cli import COMMANDS  # generate, fid, attention-map
-
-    for name, command in COMMANDS.items():
+    for name, command in {**COMMANDS, "throughput": _throughput_command()}.items():
         command_parser = sub.add_parser(name, help=command.help, description=command.help)
         command.add_arguments(command_parser)
         command_parser.set_defaults(run=command.run)
