@@ -102,6 +102,21 @@ def _bias_tables(groups: Sequence[HeadGroup], dtype, device) -> tuple[Tensor, Te
     return torch.cat(chunks), torch.tensor(offsets, dtype=torch.int64, device=device)
 
 
+def _bias_score_mod(groups: Sequence[HeadGroup], pattern: _Pattern, width: int, device):
+    """``score + rpb[h, (k_h-1) + (a-i)/d_h, (k_w-1) + (c-j)/d_w]`` over flattened token indices."""
+    table, offsets = _bias_tables(groups, torch.float32, device)
+    kh, kw, dh, dw = pattern.kh, pattern.kw, pattern.dh, pattern.dw
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        qi, qj = q_idx // width, q_idx % width
+        ki, kj = kv_idx // width, kv_idx % width
+        row = torch.minimum((kh[h] - 1 + (ki - qi) // dh[h]).clamp(min=0), 2 * kh[h] - 2)
+        col = torch.minimum((kw[h] - 1 + (kj - qj) // dw[h]).clamp(min=0), 2 * kw[h] - 2)
+        return score + table[offsets[h] + row * (2 * kw[h] - 1) + col]
+
+    return score_mod
+
+
 @functools.lru_cache(maxsize=32)
 def _block_mask(signature: tuple, heads: int, height: int, width: int, device: torch.device):
     pattern = _Pattern([HeadGroup(n, k, d) for n, k, d in signature], device)
@@ -116,18 +131,7 @@ def na2d(q: Tensor, k: Tensor, v: Tensor, groups: Sequence[HeadGroup], scale: fl
     B, heads, H, W, D = q.shape
     signature = tuple((g.heads, g.kernel_size, g.dilation) for g in groups)
     block_mask, pattern = _block_mask(signature, heads, H, W, q.device)
-    score_mod = None
-    if any(g.rpb is not None for g in groups):
-        table, offsets = _bias_tables(groups, torch.float32, q.device)
-        kh, kw, dh, dw = pattern.kh, pattern.kw, pattern.dh, pattern.dw
-
-        def score_mod(score, b, h, q_idx, kv_idx):
-            qi, qj = q_idx // W, q_idx % W
-            ki, kj = kv_idx // W, kv_idx % W
-            row = torch.minimum((kh[h] - 1 + (ki - qi) // dh[h]).clamp(min=0), 2 * kh[h] - 2)
-            col = torch.minimum((kw[h] - 1 + (kj - qj) // dw[h]).clamp(min=0), 2 * kw[h] - 2)
-            return score + table[offsets[h] + row * (2 * kw[h] - 1) + col]
-
+    score_mod = _bias_score_mod(groups, pattern, W, q.device) if any(g.rpb is not None for g in groups) else None
     flat = [x.reshape(B, heads, H * W, D) for x in (q, k, v)]
     out = _compiled_flex()(*flat, score_mod=score_mod, block_mask=block_mask, scale=scale)
     return out.reshape(B, heads, H, W, D)

@@ -200,7 +200,7 @@ def _fid_arguments(parser: argparse.ArgumentParser) -> None:
 def _fid(args: argparse.Namespace) -> int:
     from stylenat.metrics import ImageFiles, dataset_features, evaluate_features, evaluate_generator
     from stylenat.models.checkpoint import load_generator
-    from stylenat.sampling import build_extractor, build_reference, parse_reference_name
+    from stylenat.metrics import build_extractor, build_reference, parse_reference_name
 
     if args.images is not None and (args.seed is not None or args.trunc is not None):
         raise ValueError("--seed and --trunc describe generator samples: use them with --ckpt, not --images")

@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import json
 import math
@@ -37,9 +36,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from natten_ops.reference import window_indices
-from stylenat.metrics import (INCEPTION, FeatureExtractor, ReferenceStats, inception_extractor, named_reference_stats,
-                              path_reference_stats, to_uint8)
-from stylenat.metrics.reference import check_named_stats
+from stylenat.metrics import to_uint8
 from stylenat.metrics.sampling import MAX_SEED
 from stylenat.models.attention import HydraNeighborhoodAttention
 from stylenat.models.generator import Generator
@@ -154,73 +151,6 @@ def write_video(frames: Tensor, stem: str | os.PathLike, fps: int = 30) -> Path:
     pictures = [Image.fromarray(frame.permute(1, 2, 0).numpy()) for frame in frames]
     pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=round(1000 / fps), loop=0)
     return path
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation set-up: the feature extractor and the reference statistics
-
-
-def build_extractor(spec: str | FeatureExtractor | None, *, mode: str = "clean",
-                    weights: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> FeatureExtractor:
-    """A feature extractor from its description.
-
-    ``None`` or ``"inception"``: clean-fid's Inception in ``mode`` (``weights`` as for
-    :func:`stylenat.metrics.find_inception_weights`; the only extractor whose metrics are called FID/KID).
-    ``"package.module:function"``: ``function(mode=mode, device=device)`` must return a
-    :class:`~stylenat.metrics.FeatureExtractor` (e.g. a :class:`~stylenat.metrics.CleanFIDExtractor`
-    around a classifier trained offline, labelled with its own name). An extractor object is returned as is.
-    """
-    if spec is None or spec == "inception":
-        return inception_extractor(mode, weights, device=device)
-    if weights is not None:
-        raise ValueError("Inception weights apply only to the 'inception' extractor, not to " + repr(spec))
-    if isinstance(spec, FeatureExtractor):
-        return spec
-    module, _, name = str(spec).partition(":")
-    if not module or not name:
-        raise ValueError(f"extractor must be 'inception' or a factory 'package.module:function', got {spec!r}")
-    try:
-        factory = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot load the extractor factory {spec!r}: {err}") from err
-    extractor = factory(mode=mode, device=device)
-    if not isinstance(extractor, FeatureExtractor):
-        raise ValueError(f"the extractor factory {spec!r} returned {type(extractor).__name__}, not a feature "
-                         "extractor (name, mode, feature_dim, __call__)")
-    return extractor
-
-
-def parse_reference_name(ref: str, resolution: int | None = None) -> tuple[str, int, str]:
-    """``"ffhq:256:trainval70k"`` -> ``("ffhq", 256, "trainval70k")``, checked against clean-fid's list
-    and, when given, against the ``resolution`` of the images to measure."""
-    parts = ref.split(":")
-    if len(parts) != 3 or not parts[1].isdigit():
-        raise ValueError(f"reference statistics must be named NAME:RESOLUTION:SPLIT such as ffhq:256:trainval70k, "
-                         f"got {ref!r}")
-    name, stats_resolution, split = parts[0], int(parts[1]), parts[2]
-    check_named_stats(name, stats_resolution, split)
-    if resolution is not None and stats_resolution != resolution:
-        raise ValueError(f"the images are {resolution}x{resolution}, but the reference statistics {ref!r} are "
-                         f"for {stats_resolution}x{stats_resolution}")
-    return name, stats_resolution, split
-
-
-def build_reference(ref: str | None, ref_data: str | os.PathLike | None, *, extractor: FeatureExtractor,
-                    resolution: int, batch_size: int = 64, verbose: bool = True) -> ReferenceStats:
-    """Reference statistics for images of ``resolution``: clean-fid's named ones (``ref``, Inception only)
-    or those of the images in a folder or zip (``ref_data``, computed once and cached). Exactly one of
-    the two must be given."""
-    if (ref is None) == (ref_data is None):
-        raise ValueError("give exactly one of the named reference statistics (ref) and a reference dataset "
-                         "(ref_data)")
-    if ref_data is not None:
-        return path_reference_stats(ref_data, extractor=extractor, resolution=resolution, batch_size=batch_size,
-                                    verbose=verbose)
-    name, _, split = parse_reference_name(ref, resolution)
-    if extractor.name != INCEPTION:
-        raise ValueError(f"the named statistics {ref!r} hold Inception features; with the extractor "
-                         f"{extractor.name!r} compute statistics from a dataset (ref_data) instead")
-    return named_reference_stats(name, resolution, split, mode=extractor.mode)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from natten_ops.reference import window_indices
-from stylenat import sampling
+from stylenat import metrics, sampling
 from stylenat.metrics import z_from_seeds
 from stylenat.models.generator import create_generator
 
@@ -108,7 +108,7 @@ def test_save_latents(tmp_path, demo_G):
 ])
 def test_build_extractor_rejects_bad_specs(spec, message):
     with pytest.raises(ValueError, match=message):
-        sampling.build_extractor(spec)
+        metrics.build_extractor(spec)
 
 
 class _Extractor:
@@ -129,7 +129,7 @@ class _Extractor:
 ])
 def test_build_reference_errors(ref, ref_data, resolution, message):
     with pytest.raises(ValueError, match=message):
-        sampling.build_reference(ref, ref_data, extractor=_Extractor(), resolution=resolution)
+        metrics.build_reference(ref, ref_data, extractor=_Extractor(), resolution=resolution)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,19 +16,20 @@
 from stylenat.metrics.datasets import ImageFiles, dataset_features, fingerprint_path
 from stylenat.metrics.distance import feature_stats, frechet_distance, kernel_distance
 from stylenat.metrics.evaluate import evaluate_features, evaluate_generator
-from stylenat.metrics.extractors import (INCEPTION, MODES, CleanFIDExtractor, FeatureExtractor,
+from stylenat.metrics.extractors import (INCEPTION, MODES, CleanFIDExtractor, FeatureExtractor, build_extractor,
                                          inception_extractor, metric_name)
 from stylenat.metrics.records import append_metric_record
-from stylenat.metrics.reference import (NAMED_STATS, ReferenceStats, dataset_reference_stats,
-                                        named_reference_stats, path_reference_stats, stats_cache_dir)
+from stylenat.metrics.reference import (NAMED_STATS, ReferenceStats, build_reference, dataset_reference_stats,
+                                        named_reference_stats, parse_reference_name, path_reference_stats,
+                                        stats_cache_dir)
 from stylenat.metrics.sampling import Generator, generator_features, to_uint8, z_from_seeds
 from stylenat.metrics.weights import WEIGHTS_ENV, InceptionWeightsNotFound, find_inception_weights
 
 __all__ = [
     "INCEPTION", "MODES", "NAMED_STATS", "WEIGHTS_ENV",
     "CleanFIDExtractor", "FeatureExtractor", "Generator", "ImageFiles", "InceptionWeightsNotFound", "ReferenceStats",
-    "append_metric_record", "dataset_features", "dataset_reference_stats", "evaluate_features",
+    "append_metric_record", "build_extractor", "build_reference", "dataset_features", "dataset_reference_stats", "evaluate_features",
     "evaluate_generator", "feature_stats", "find_inception_weights", "fingerprint_path", "frechet_distance",
     "generator_features", "inception_extractor", "kernel_distance", "metric_name", "named_reference_stats",
-    "path_reference_stats", "stats_cache_dir", "to_uint8", "z_from_seeds",
+    "parse_reference_name", "path_reference_stats", "stats_cache_dir", "to_uint8", "z_from_seeds",
 ]

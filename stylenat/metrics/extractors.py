@@ -16,6 +16,7 @@ inject their own small network into the same class.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import warnings
@@ -150,3 +151,33 @@ def inception_extractor(mode: str = "clean", weights: str | os.PathLike | None =
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.load", category=FutureWarning)
             network = InceptionV3W(str(path.parent), download=False, resize_inside=mode == "legacy_tensorflow")
     return CleanFIDExtractor(network, name=INCEPTION, feature_dim=2048, mode=mode, device=device)
+
+
+def build_extractor(spec: str | FeatureExtractor | None, *, mode: str = "clean",
+                    weights: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> FeatureExtractor:
+    """A feature extractor from its description.
+
+    ``None`` or ``"inception"``: clean-fid's Inception in ``mode`` (``weights`` as for
+    :func:`stylenat.metrics.find_inception_weights`; the only extractor whose metrics are called FID/KID).
+    ``"package.module:function"``: ``function(mode=mode, device=device)`` must return a
+    :class:`~stylenat.metrics.FeatureExtractor` (e.g. a :class:`~stylenat.metrics.CleanFIDExtractor`
+    around a classifier trained offline, labelled with its own name). An extractor object is returned as is.
+    """
+    if spec is None or spec == "inception":
+        return inception_extractor(mode, weights, device=device)
+    if weights is not None:
+        raise ValueError("Inception weights apply only to the 'inception' extractor, not to " + repr(spec))
+    if isinstance(spec, FeatureExtractor):
+        return spec
+    module, _, name = str(spec).partition(":")
+    if not module or not name:
+        raise ValueError(f"extractor must be 'inception' or a factory 'package.module:function', got {spec!r}")
+    try:
+        factory = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot load the extractor factory {spec!r}: {err}") from err
+    extractor = factory(mode=mode, device=device)
+    if not isinstance(extractor, FeatureExtractor):
+        raise ValueError(f"the extractor factory {spec!r} returned {type(extractor).__name__}, not a feature "
+                         "extractor (name, mode, feature_dim, __call__)")
+    return extractor

@@ -169,3 +169,36 @@ def path_reference_stats(path: str | Path, *, extractor: FeatureExtractor, resol
     """
     return dataset_reference_stats(ImageFiles(path), extractor=extractor, resolution=resolution,
                                    fingerprint=fingerprint_path(path, content_fingerprint), source=str(path), **kwargs)
+
+
+def parse_reference_name(ref: str, resolution: int | None = None) -> tuple[str, int, str]:
+    """``"ffhq:256:trainval70k"`` -> ``("ffhq", 256, "trainval70k")``, checked against clean-fid's list
+    and, when given, against the ``resolution`` of the images to measure."""
+    parts = ref.split(":")
+    if len(parts) != 3 or not parts[1].isdigit():
+        raise ValueError(f"reference statistics must be named NAME:RESOLUTION:SPLIT such as ffhq:256:trainval70k, "
+                         f"got {ref!r}")
+    name, stats_resolution, split = parts[0], int(parts[1]), parts[2]
+    check_named_stats(name, stats_resolution, split)
+    if resolution is not None and stats_resolution != resolution:
+        raise ValueError(f"the images are {resolution}x{resolution}, but the reference statistics {ref!r} are "
+                         f"for {stats_resolution}x{stats_resolution}")
+    return name, stats_resolution, split
+
+
+def build_reference(ref: str | None, ref_data: str | os.PathLike | None, *, extractor: FeatureExtractor,
+                    resolution: int, batch_size: int = 64, verbose: bool = True) -> ReferenceStats:
+    """Reference statistics for images of ``resolution``: clean-fid's named ones (``ref``, Inception only)
+    or those of the images in a folder or zip (``ref_data``, computed once and cached). Exactly one of
+    the two must be given."""
+    if (ref is None) == (ref_data is None):
+        raise ValueError("give exactly one of the named reference statistics (ref) and a reference dataset "
+                         "(ref_data)")
+    if ref_data is not None:
+        return path_reference_stats(ref_data, extractor=extractor, resolution=resolution, batch_size=batch_size,
+                                    verbose=verbose)
+    name, _, split = parse_reference_name(ref, resolution)
+    if extractor.name != INCEPTION:
+        raise ValueError(f"the named statistics {ref!r} hold Inception features; with the extractor "
+                         f"{extractor.name!r} compute statistics from a dataset (ref_data) instead")
+    return named_reference_stats(name, resolution, split, mode=extractor.mode)

@@ -18,7 +18,7 @@ value is part of the callback's checkpointed state, so a resumed run keeps compa
 Metric words: ``"fid"`` is the Fréchet distance (measured at every evaluation), ``"kid"`` the kernel
 distance, both in the extractor's features. Only clean-fid's Inception gives records called
 ``fid10k`` / ``kid10k``; another extractor (for offline CPU runs: ``extractor="package.module:function"``,
-see :func:`stylenat.sampling.build_extractor`) labels them with its own name, e.g. ``fd_nat_digits10k``.
+see :func:`stylenat.metrics.build_extractor`) labels them with its own name, e.g. ``fd_nat_digits10k``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from stylenat.metrics import FeatureExtractor, ReferenceStats, evaluate_generator, metric_name
-from stylenat.sampling import build_extractor, build_reference
+from stylenat.metrics import build_extractor, build_reference
 
 METRIC_KINDS = {"fid": "fd", "kid": "kd"}
 BEST_CHECKPOINT = Path("checkpoints") / "best.ckpt"
