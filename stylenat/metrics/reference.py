@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from stylenat.metrics import weights
-from stylenat.metrics.datasets import ImageFiles, dataset_features, fingerprint_path
+from stylenat.metrics.datasets import dataset_features, fingerprint_path
 from stylenat.metrics.distance import feature_stats
 from stylenat.metrics.distributed import all_ranks_agree, is_local_leader
 from stylenat.metrics.extractors import INCEPTION, MODES, FeatureExtractor, check_name
@@ -159,16 +159,21 @@ def dataset_reference_stats(dataset: Iterable, *, extractor: FeatureExtractor, f
     return ReferenceStats(mu, sigma, features, num_images=len(features), **meta)
 
 
-def path_reference_stats(path: str | Path, *, extractor: FeatureExtractor, resolution: int,
+def path_reference_stats(path: str | Path, *, extractor: FeatureExtractor, resolution: int, filter: str = "lanczos",
                          content_fingerprint: bool = False, **kwargs) -> ReferenceStats:
-    """:func:`dataset_reference_stats` of the images in a folder or zip (``kwargs`` passed through).
+    """:func:`dataset_reference_stats` of a dataset on disk: an image folder, a zip or an LSUN LMDB, read by
+    the data package exactly as training reads it (centre crop, ``filter`` resize to ``resolution``; no
+    flips). ``kwargs`` pass through.
 
     The fingerprint covers file names, sizes and modification times (zip: member CRCs), or file
-    contents with ``content_fingerprint=True``. For LMDB or other formats, pass the data package's
-    dataset and ``fingerprint_path(its_path)`` to :func:`dataset_reference_stats` instead.
+    contents with ``content_fingerprint=True``, and the resize filter.
     """
-    return dataset_reference_stats(ImageFiles(path), extractor=extractor, resolution=resolution,
-                                   fingerprint=fingerprint_path(path, content_fingerprint), source=str(path), **kwargs)
+    from stylenat.data import open_dataset
+
+    dataset = open_dataset(path, resolution, xflip=False, filter=filter, center_crop=True)
+    fingerprint = f"{fingerprint_path(path, content_fingerprint)}-{filter}"
+    return dataset_reference_stats(dataset, extractor=extractor, resolution=resolution, fingerprint=fingerprint,
+                                   source=str(path), **kwargs)
 
 
 def parse_reference_name(ref: str, resolution: int | None = None) -> tuple[str, int, str]:
