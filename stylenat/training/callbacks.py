@@ -1,0 +1,297 @@
+"""Callbacks of GAN training. Schedules are in thousands of images shown to D (``pl_module.cur_nimg``, kept by
+:class:`stylenat.training.gan.StyleNATGAN`), not in optimizer steps. Files go to the run directory
+(``trainer.log_dir``, else ``trainer.default_root_dir``), written by rank 0.
+
+    ImageGrids          reals.png at start, fakes_init.png, fakes<kimg:06d>.png: fixed latents through G_ema;
+                        also to TensorBoard (step = kimg)
+    GeneratorExport     network-snapshot-<kimg:06d>.safetensors and generator.safetensors (the latest): G_ema
+                        and its config, for ``load_generator``
+    KimgCheckpoint      Lightning's ModelCheckpoint writing last.ckpt every N kimg and when training ends
+    KimgProgressBar     the training bar in kimg, with rate and ETA
+    CPUThreads          torch's intra-op thread count for the run (CPU demos on shared machines)
+    AtomicCheckpointIO  checkpoints go to a temporary file beside the target, are fsynced, then renamed over it
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins import TorchCheckpointIO
+from PIL import Image
+from torch import Tensor
+
+from stylenat.models.checkpoint import save_generator
+
+
+def crossed(nimg_before: int, nimg_after: int, every_kimg: float | None) -> bool:
+    """Whether a step from ``nimg_before`` to ``nimg_after`` images passed a multiple of ``every_kimg`` kimg.
+
+    >>> crossed(960, 1024, 1), crossed(1024, 1088, 1), crossed(0, 64, None)
+    (True, False, False)
+    """
+    if every_kimg is None:
+        return False
+    every_nimg = max(round(every_kimg * 1000), 1)
+    return nimg_after // every_nimg > nimg_before // every_nimg
+
+
+def run_dir(trainer: L.Trainer) -> Path:
+    """The run directory; call on every rank (``trainer.log_dir`` is a collective under DDP)."""
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+def image_grid(images: Tensor, columns: int) -> np.ndarray:
+    """Images ``[N, 3, H, W]`` in [-1, 1] -> uint8 ``[rows * H, columns * W, 3]``, row-major, no padding."""
+    n, c, h, w = images.shape
+    rows = math.ceil(n / columns)
+    images = torch.cat([images, images.new_full((rows * columns - n, c, h, w), -1.0)])
+    pixels = ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
+    return pixels.view(rows, columns, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, columns * w, c).numpy()
+
+
+class ImageGrids(Callback):
+    """Sample grids: ``reals.png`` (a seeded choice of training images) when training starts,
+    ``fakes_init.png`` before the first step, and ``fakes<kimg:06d>.png`` every ``every_kimg`` and at the end,
+    all from the same fixed latents through ``G_ema`` (no truncation). Also logged to every TensorBoard logger
+    under ``reals`` and ``fakes`` with the kimg as step.
+
+    Args:
+        every_kimg: interval of the fake grids; None: no grids at all.
+        grid_size: images per side; None: 8, or 4 from 1024px on.
+        seed: the latents and the choice of reals.
+        batch_size: G_ema batch when rendering.
+    """
+
+    def __init__(self, every_kimg: float | None, grid_size: int | None = None, seed: int = 0, batch_size: int = 16):
+        self.every_kimg, self.grid_size, self.seed, self.batch_size = every_kimg, grid_size, seed, batch_size
+        self._dir: Path | None = None
+        self._nimg_before = 0
+        self._last_saved: int | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._dir = run_dir(trainer)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.every_kimg is None or not trainer.is_global_zero:
+            return
+        dataset = trainer.train_dataloader.dataset
+        count = min(self._side(pl_module) ** 2, len(dataset))
+        picks = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.seed))[:count]
+        reals = torch.stack([_image(dataset[int(i)]) for i in picks])
+        self._write(trainer, "reals", "reals.png", reals, pl_module)
+        if pl_module.cur_nimg == 0:
+            self._write(trainer, "fakes", "fakes_init.png", self._fakes(pl_module), pl_module)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._nimg_before = pl_module.cur_nimg
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if crossed(self._nimg_before, pl_module.cur_nimg, self.every_kimg):
+            self._snapshot(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.every_kimg is not None and self._last_saved != pl_module.cur_nimg:
+            self._snapshot(trainer, pl_module)
+
+    def _snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_saved = pl_module.cur_nimg
+        if trainer.is_global_zero:
+            self._write(trainer, "fakes", f"fakes{pl_module.cur_nimg // 1000:06d}.png", self._fakes(pl_module),
+                        pl_module)
+
+    def _side(self, pl_module: L.LightningModule) -> int:
+        return self.grid_size or (8 if pl_module.G_ema.size < 1024 else 4)
+
+    @torch.no_grad()
+    def _fakes(self, pl_module: L.LightningModule) -> Tensor:
+        """``G_ema`` on the fixed latents: ``[side^2, 3, R, R]``."""
+        generator = torch.Generator().manual_seed(self.seed)
+        z = torch.randn(self._side(pl_module) ** 2, pl_module.G_ema.z_dim, generator=generator).to(pl_module.device)
+        return torch.cat([pl_module.G_ema(chunk, update_w_avg=False).cpu() for chunk in z.split(self.batch_size)])
+
+    def _write(self, trainer: L.Trainer, tag: str, name: str, images: Tensor, pl_module: L.LightningModule) -> None:
+        grid = image_grid(images, self._side(pl_module))
+        assert self._dir is not None
+        self._dir.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid).save(self._dir / name)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image(tag, grid, global_step=pl_module.cur_nimg // 1000, dataformats="HWC")
+
+
+def _image(item: Any) -> Tensor:
+    """A dataset item (an image, or an ``(image, label)`` pair) -> the image ``[3, R, R]``."""
+    return item[0] if isinstance(item, (tuple, list)) else item
+
+
+class GeneratorExport(Callback):
+    """Export ``G_ema`` with :func:`stylenat.models.save_generator` as ``network-snapshot-<kimg:06d>.safetensors``
+    and ``generator.safetensors`` (always the latest) every ``every_kimg`` (None: never) and when training ends.
+    The export records ``cur_nimg``."""
+
+    def __init__(self, every_kimg: float | None):
+        self.every_kimg = every_kimg
+        self._dir: Path | None = None
+        self._nimg_before = 0
+        self._last_saved: int | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._dir = run_dir(trainer)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._nimg_before = pl_module.cur_nimg
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if crossed(self._nimg_before, pl_module.cur_nimg, self.every_kimg):
+            self._export(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._last_saved != pl_module.cur_nimg:
+            self._export(trainer, pl_module)
+
+    def _export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_saved = pl_module.cur_nimg
+        if not trainer.is_global_zero:
+            return
+        assert self._dir is not None
+        hp = pl_module.hparams
+        info = {"cur_nimg": pl_module.cur_nimg}
+        for name in (f"network-snapshot-{pl_module.cur_nimg // 1000:06d}.safetensors", "generator.safetensors"):
+            save_generator(pl_module.G_ema, self._dir / name, hp.generator, dict(hp.generator_kwargs or {}), info)
+
+
+class KimgCheckpoint(ModelCheckpoint):
+    """Lightning's :class:`ModelCheckpoint` writing ``last.ckpt`` every ``every_n_kimg`` thousand images and when
+    training ends (the stock one counts ``global_step``, which is two optimizer steps per GAN step, and does not
+    save at the end once it has saved before). ``--ckpt_path last`` finds the file in ``dirpath`` (default: the
+    run directory's ``checkpoints/``).
+
+    Args:
+        every_n_kimg: interval in thousands of images.
+        dirpath: checkpoint folder; None: ``<run dir>/checkpoints``.
+    """
+
+    def __init__(self, every_n_kimg: float = 200.0, dirpath: str | None = None):
+        if every_n_kimg <= 0:
+            raise ValueError(f"every_n_kimg must be > 0, got {every_n_kimg}")
+        super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, every_n_epochs=0)
+        self.every_n_kimg = every_n_kimg
+        self._nimg_before = 0
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._nimg_before = pl_module.cur_nimg
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if crossed(self._nimg_before, pl_module.cur_nimg, self.every_n_kimg):
+            self._save_last(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save_last(trainer)
+
+    def _save_last(self, trainer: L.Trainer) -> None:
+        if not self._should_skip_saving_checkpoint(trainer):  # skips when this step is saved already
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class KimgProgressBar(TQDMProgressBar):
+    """The training bar counts kimg up to ``total_kimg``: ``Training  12%|##  | 7.7/64 kimg [02:00<14:10, ...]``."""
+
+    BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:g} kimg [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+
+    def init_train_tqdm(self) -> Tqdm:
+        return Tqdm(desc="Training", total=self.trainer.lightning_module.hparams.total_kimg, unit="kimg",
+                    position=2 * self.process_position, disable=self.is_disabled, leave=True, dynamic_ncols=True,
+                    file=sys.stdout, smoothing=0, bar_format=self.BAR_FORMAT)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, *_: Any) -> None:
+        bar = self.train_progress_bar
+        bar.reset(total=trainer.lightning_module.hparams.total_kimg)
+        bar.initial = bar.n = trainer.lightning_module.cur_nimg / 1000  # resumed runs start part-way
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if (batch_idx + 1) % self.refresh_rate == 0 or pl_module.done:
+            self.train_progress_bar.n = min(pl_module.cur_nimg / 1000, pl_module.hparams.total_kimg)
+            self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))  # refreshes the bar
+
+
+class CPUThreads(Callback):
+    """Run with ``torch.set_num_threads(num_threads)`` from setup to teardown, then restore the previous count.
+
+    On a small CPU shared with other jobs, one thread is often several times faster than two: OpenMP workers
+    that get descheduled stall every parallel region.
+    """
+
+    def __init__(self, num_threads: int = 1):
+        if num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+        self.num_threads = num_threads
+        self._previous: int | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._previous = torch.get_num_threads()
+        torch.set_num_threads(self.num_threads)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._previous is not None:
+            torch.set_num_threads(self._previous)
+            self._previous = None
+
+
+def _umask() -> int:
+    """The process's file-creation mask (reading it means setting it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` to a temporary file in the target's folder, fsync, then ``os.replace`` over the target and
+    fsync the folder: a crash at any point leaves either the previous checkpoint or the new one, never a
+    truncated file. (Lightning's default writes a temporary file in the system temp folder and moves it, which
+    is a copy, not a rename, when that folder is on another file system; and it never fsyncs.) Remote URLs
+    fall back to Lightning's writer.
+
+    Use it with ``trainer.plugins: [stylenat.training.callbacks.AtomicCheckpointIO]``.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
+                        storage_options: Any | None = None) -> None:
+        if "://" in str(path) or storage_options is not None:
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)

@@ -1,0 +1,348 @@
+"""StyleNAT GAN training: the LightningModule behind the GAN configs.
+
+    stylenat fit --config configs/demo.yaml                                   # CPU demo on the built-in digits
+    stylenat fit --config configs/ffhq256.yaml --data.path /data/ffhq256.zip
+    stylenat fit --config configs/ffhq256.yaml --data.path /data/ffhq256.zip --ckpt_path last   # resume
+
+One training step on a batch of reals ``[B, 3, R, R]`` in [-1, 1] per device (global batch ``B * world_size``):
+
+1. D step: fakes from G under ``no_grad`` (detached; G's ``w_avg`` tracks their w, averaged over ranks), loss
+   ``softplus(-D(real)) + softplus(D(fake))`` plus bCR; D's gradient norm clipped; Adam step.
+2. Every ``r1_interval``-th step: lazy R1 on the same reals, scaled by the interval, as its own D Adam step
+   (so D's Adam lr and betas are adjusted by ``interval / (interval + 1)``, StyleGAN2's lazy regularisation).
+3. G step with D frozen: ``softplus(-D(G(z)))`` on fresh latents; Adam step.
+4. ``G_ema`` moves towards G with a decay set by the global batch (a half-life in images); buffers copied.
+
+Progress is counted in images shown to D (``cur_nimg``, logged as kimg), never in optimizer steps; the
+learning rates are recomputed from ``cur_nimg`` before every step (constant, then linear to 0 between
+``decay_start_kimg`` and ``decay_end_kimg``). Step ``i`` of rank ``r`` draws all its random numbers (latents,
+bCR augmentations, style mixing) from the global generators seeded with ``(rng_seed, r, i)``: a resumed run
+repeats the uninterrupted one exactly with no RNG state to restore, and DDP ranks draw different latents.
+The data order is restored by :class:`stylenat.data.StyleNATDataModule`; G, D, G_ema (``w_avg`` included),
+both optimizers and ``cur_nimg`` by the Lightning checkpoint.
+
+Under DDP use the strategy ``ddp_find_unused_parameters_true``: each phase leaves one network without
+gradients.
+"""
+
+from __future__ import annotations
+
+import copy
+import resource
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+from stylenat.models.discriminator import create_discriminator
+from stylenat.models.generator import Generator, create_generator
+from stylenat.training.augment import bcr_augment
+from stylenat.training.callbacks import GeneratorExport, ImageGrids
+from stylenat.training.losses import consistency_loss, d_logistic_loss, g_nonsaturating_loss, r1_penalty
+
+# ---------------------------------------------------------------------------------------------
+# Recipe pieces, as plain functions
+
+
+def ema_decay(global_batch: int, cur_nimg: int, half_life_kimg: float, rampup: float | None = None) -> float:
+    """Per-step decay of G_ema: ``0.5 ** (global_batch / half_life_images)`` (StyleGAN2-ADA).
+
+    With ``rampup``, the half-life is at most ``cur_nimg * rampup`` images, so early averages forget fast.
+
+    >>> round(ema_decay(64, 0, 10.0), 6)
+    0.995574
+    """
+    half_life = half_life_kimg * 1000
+    if rampup is not None:
+        half_life = min(half_life, cur_nimg * rampup)
+    return 0.5 ** (global_batch / max(half_life, 1e-8))
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """``ema_p = decay * ema_p + (1 - decay) * p`` for every parameter; every buffer (``w_avg``) copied."""
+    for ema_p, p in zip(ema.parameters(), model.parameters(), strict=True):
+        ema_p.lerp_(p.detach(), 1.0 - decay)
+    for ema_b, b in zip(ema.buffers(), model.buffers(), strict=True):
+        ema_b.copy_(b)
+
+
+def lr_factor(cur_nimg: int, decay_start_kimg: float | None, decay_end_kimg: float | None) -> float:
+    """Learning-rate multiplier after ``cur_nimg`` images: 1 until ``decay_start_kimg``, then linearly to 0
+    at ``decay_end_kimg`` (and 0 after). No decay when the bounds are None.
+
+    >>> [lr_factor(n, 1, 3) for n in (0, 1000, 2000, 3000, 4000)]
+    [1.0, 1.0, 0.5, 0.0, 0.0]
+    """
+    if decay_start_kimg is None or decay_end_kimg is None:
+        return 1.0
+    progress = (cur_nimg / 1000 - decay_start_kimg) / (decay_end_kimg - decay_start_kimg)
+    return 1.0 - min(max(progress, 0.0), 1.0)
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of every random draw of training step ``step`` on rank ``rank``."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak memory of this process: CUDA memory allocated on ``device``, else the resident set (Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+# ---------------------------------------------------------------------------------------------
+# The LightningModule
+
+
+class StyleNATGAN(L.LightningModule):
+    """A StyleNAT generator against the wavelet discriminator, with the paper's recipe as defaults.
+
+    Batches are reals ``[B, 3, R, R]`` in ``[-1, 1]`` (:class:`stylenat.data.StyleNATDataModule`); ``R`` must
+    be the generator's size. Holds ``G``, ``D`` and ``G_ema`` (always in eval mode); the hyper-parameters
+    ``generator`` and ``generator_kwargs`` rebuild G for :func:`stylenat.models.load_generator`.
+
+    Logs ``Loss/G``, ``Loss/D`` (logistic part), ``Loss/bcr``, ``Loss/r1`` (the raw penalty, on R1 steps),
+    ``Logits/real``, ``Logits/fake`` (mean D outputs), ``Progress/kimg``, ``Progress/kimg_per_s``,
+    ``Progress/lr_g``, ``Progress/lr_d`` and ``Resources/peak_memory_gib``. Adds the callbacks
+    :class:`~stylenat.training.callbacks.ImageGrids` and :class:`~stylenat.training.callbacks.GeneratorExport`.
+
+    Args:
+        generator, discriminator: preset names (``ffhq256``, ``ffhq1024``, ``church256``, ``demo``).
+        generator_kwargs, discriminator_kwargs: keyword overrides of the presets.
+        lr_d: D's Adam learning rate. lr_g: G's; None gives ``lr_d / 4`` (TTUR, the paper's).
+        betas: Adam betas of both (D's are adjusted for lazy R1).
+        r1_gamma: R1 weight (``gamma / 2 * penalty``); 0 turns R1 off.
+        r1_interval: apply R1 every this many steps, scaled by it (lazy regularisation).
+        bcr_real, bcr_fake: bCR weights on reals and fakes; 0 turns each off.
+        d_grad_clip: max total norm of D's gradients in the D step; None: no clipping.
+        ema_half_life_kimg: G_ema half-life in thousands of images.
+        ema_rampup: cap the half-life at ``cur_nimg * ema_rampup`` images; None: no ramp-up.
+        decay_start_kimg, decay_end_kimg: both learning rates decay linearly to 0 between these; None: constant.
+        style_mixing_prob: probability of style-mixing regularisation in G's training forward passes.
+        total_kimg: stop once this many thousand reals were shown to D.
+        image_snapshot_kimg: write ``fakes<kimg>.png`` this often; None: no image grids.
+        export_snapshot_kimg: export G_ema this often (and always at the end); None: only at the end.
+        rng_seed: seed of the per-step random draws (network init follows ``seed_everything``).
+    """
+
+    def __init__(self, generator: str = "ffhq256", generator_kwargs: dict[str, Any] | None = None,
+                 discriminator: str = "ffhq256", discriminator_kwargs: dict[str, Any] | None = None,
+                 lr_d: float = 2e-4, lr_g: float | None = None, betas: tuple[float, float] = (0.0, 0.99),
+                 r1_gamma: float = 10.0, r1_interval: int = 16, bcr_real: float = 10.0, bcr_fake: float = 10.0,
+                 d_grad_clip: float | None = 5.0, ema_half_life_kimg: float = 10.0, ema_rampup: float | None = None,
+                 decay_start_kimg: float | None = 49_600.0, decay_end_kimg: float | None = 64_000.0,
+                 style_mixing_prob: float = 0.0, total_kimg: float = 64_000.0,
+                 image_snapshot_kimg: float | None = 200.0, export_snapshot_kimg: float | None = 1000.0,
+                 rng_seed: int = 0):
+        super().__init__()
+        generator_kwargs, discriminator_kwargs = dict(generator_kwargs or {}), dict(discriminator_kwargs or {})
+        _check_args(locals())
+        self.save_hyperparameters()
+        self.G: Generator = create_generator(generator, **generator_kwargs, style_mixing_prob=style_mixing_prob)
+        self.D = create_discriminator(discriminator, **discriminator_kwargs)
+        if self.G.size != self.D.size:
+            raise ValueError(f"the generator makes {self.G.size}px images but the discriminator takes "
+                             f"{self.D.size}px: make model.generator(_kwargs) and model.discriminator(_kwargs) agree")
+        self.G_ema: Generator = copy.deepcopy(self.G).requires_grad_(False).eval()
+        self.automatic_optimization = False
+        self.lr_g = lr_d / 4 if lr_g is None else lr_g
+        self.r1_ratio = r1_interval / (r1_interval + 1) if r1_gamma > 0 else 1.0  # lazy R1's Adam adjustment
+        self.cur_nimg = 0  # reals shown to D, all ranks together
+        self.cur_step = 0  # training steps done
+        self._last_step_time: float | None = None
+
+    # -- Lightning hooks --------------------------------------------------------------------------
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """``[Adam(G), Adam(D)]``; D's lr and betas adjusted by ``r1_ratio``. The lrs are then set per step."""
+        hp = self.hparams
+        opt_g = torch.optim.Adam(self.G.parameters(), lr=self.lr_g, betas=tuple(hp.betas))
+        opt_d = torch.optim.Adam(self.D.parameters(), lr=hp.lr_d * self.r1_ratio,
+                                 betas=tuple(b ** self.r1_ratio for b in hp.betas))
+        return [opt_g, opt_d]
+
+    def configure_callbacks(self) -> list[Callback]:
+        hp = self.hparams
+        return [ImageGrids(every_kimg=hp.image_snapshot_kimg), GeneratorExport(every_kimg=hp.export_snapshot_kimg)]
+
+    def setup(self, stage: str) -> None:
+        """Reject data whose resolution is not the generator's, naming both flags."""
+        resolution = getattr(self.trainer.datamodule, "hparams", {}).get("resolution")
+        if resolution is not None and resolution != self.G.size:
+            raise ValueError(f"data.resolution is {resolution} but the generator "
+                             f"(model.generator={self.hparams.generator!r}) makes {self.G.size}px images")
+
+    def on_fit_start(self) -> None:
+        model = self.trainer.strategy.model
+        if isinstance(model, DistributedDataParallel) and not model.find_unused_parameters:
+            raise ValueError("GAN training under DDP leaves D without gradients in the G step and G in the D step: "
+                             "use --trainer.strategy ddp_find_unused_parameters_true")
+
+    def on_train_start(self) -> None:
+        if self.done:  # resumed from a finished run
+            self.trainer.should_stop = True
+
+    def on_train_batch_end(self, outputs: Any, batch: Tensor, batch_idx: int) -> None:
+        if self.done:
+            self.trainer.should_stop = True
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["cur_nimg"], checkpoint["cur_step"] = self.cur_nimg, self.cur_step
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.cur_nimg, self.cur_step = checkpoint["cur_nimg"], checkpoint["cur_step"]
+
+    def train(self, mode: bool = True) -> StyleNATGAN:
+        """Set G and D to ``mode``; G_ema stays in eval mode."""
+        super().train(mode)
+        self.G_ema.eval()
+        return self
+
+    @property
+    def done(self) -> bool:
+        """Whether ``total_kimg`` is reached."""
+        return self.cur_nimg >= round(self.hparams.total_kimg * 1000)
+
+    # -- the training step ------------------------------------------------------------------------
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> None:
+        """One D step (with lazy R1 when due), one G step and the G_ema update on reals ``[B, 3, R, R]``."""
+        hp = self.hparams
+        opt_g, opt_d = self.optimizers()
+        global_batch = batch.shape[0] * self.trainer.world_size
+        factor = lr_factor(self.cur_nimg, hp.decay_start_kimg, hp.decay_end_kimg)
+        lr_g, lr_d = self.lr_g * factor, hp.lr_d * self.r1_ratio * factor
+        _set_lr(opt_g, lr_g)
+        _set_lr(opt_d, lr_d)
+        with self._step_rng():
+            logs = self._d_step(batch, opt_d)
+            if hp.r1_gamma > 0 and self.cur_step % hp.r1_interval == 0:
+                logs.update(self._r1_step(batch, opt_d))
+            logs.update(self._g_step(batch.shape[0], opt_g))
+        self._update_ema(global_batch)
+        self.cur_nimg += global_batch
+        self.cur_step += 1
+        self._log_step(logs, global_batch, lr_g, lr_d)
+
+    def _d_step(self, real: Tensor, opt_d: LightningOptimizer) -> dict[str, Tensor]:
+        hp = self.hparams
+        with self.toggled_optimizer(opt_d):
+            with torch.no_grad():
+                fake = self.G(self._latents(real.shape[0]), update_w_avg=True)
+                self._average_w_avg()
+            real_logits, fake_logits = self.D(real), self.D(fake)
+            loss = d_logistic_loss(real_logits, fake_logits)
+            loss_bcr = self._bcr(real, real_logits, hp.bcr_real) + self._bcr(fake, fake_logits, hp.bcr_fake)
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(loss + loss_bcr)
+            if hp.d_grad_clip is not None:
+                self.clip_gradients(opt_d, gradient_clip_val=hp.d_grad_clip, gradient_clip_algorithm="norm")
+            opt_d.step()
+        logs = {"Loss/D": loss, "Logits/real": real_logits.mean(), "Logits/fake": fake_logits.mean()}
+        if hp.bcr_real > 0 or hp.bcr_fake > 0:
+            logs["Loss/bcr"] = loss_bcr
+        return logs
+
+    def _bcr(self, images: Tensor, logits: Tensor, weight: float) -> Tensor:
+        """``weight * mean (D(aug(images)) - logits)^2``; a zero when ``weight`` is 0."""
+        if weight <= 0:
+            return logits.new_zeros(())
+        return weight * consistency_loss(self.D(bcr_augment(images)), logits)
+
+    def _r1_step(self, real: Tensor, opt_d: LightningOptimizer) -> dict[str, Tensor]:
+        hp = self.hparams
+        with self.toggled_optimizer(opt_d):
+            penalty = r1_penalty(self.D, real)
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(penalty * (hp.r1_gamma / 2 * hp.r1_interval))
+            opt_d.step()
+        return {"Loss/r1": penalty}
+
+    def _g_step(self, batch_size: int, opt_g: LightningOptimizer) -> dict[str, Tensor]:
+        with self.toggled_optimizer(opt_g):
+            fake = self.G(self._latents(batch_size), update_w_avg=False)
+            loss = g_nonsaturating_loss(self.D(fake))
+            opt_g.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            opt_g.step()
+        return {"Loss/G": loss}
+
+    def _update_ema(self, global_batch: int) -> None:
+        hp = self.hparams
+        update_ema(self.G_ema, self.G, ema_decay(global_batch, self.cur_nimg, hp.ema_half_life_kimg, hp.ema_rampup))
+
+    def _average_w_avg(self) -> None:
+        """Average G's ``w_avg`` over the ranks: the same as updating it with the mean w of the global batch."""
+        if self.trainer.world_size > 1:
+            w_avg = self.G.mapping.w_avg
+            w_avg.copy_(self.trainer.strategy.reduce(w_avg.clone(), reduce_op="mean"))
+
+    def _latents(self, batch_size: int) -> Tensor:
+        """``z ~ N(0, I)``, ``[batch_size, z_dim]``."""
+        return torch.randn(batch_size, self.G.z_dim, device=self.device)
+
+    @contextmanager
+    def _step_rng(self) -> Iterator[None]:
+        """Seed the global CPU and device generators with ``(rng_seed, rank, cur_step)``; restore them after."""
+        on_device = self.device.type != "cpu"
+        with torch.random.fork_rng(devices=[self.device] if on_device else [],
+                                   device_type=self.device.type if on_device else None):
+            torch.manual_seed(step_seed(self.hparams.rng_seed, self.global_rank, self.cur_step))
+            yield
+
+    def _log_step(self, logs: dict[str, Tensor], global_batch: int, lr_g: float, lr_d: float) -> None:
+        now = time.perf_counter()
+        scalars: dict[str, Tensor | float] = {name: value.detach() for name, value in logs.items()}
+        scalars.update({"Progress/kimg": self.cur_nimg / 1000, "Progress/lr_g": lr_g, "Progress/lr_d": lr_d,
+                        "Resources/peak_memory_gib": peak_memory_gib(self.device)})
+        if self._last_step_time is not None:
+            scalars["Progress/kimg_per_s"] = global_batch / 1000 / (now - self._last_step_time)
+        self._last_step_time = now
+        shown = {"Loss/G", "Loss/D"}
+        self.log_dict({k: v for k, v in scalars.items() if k in shown}, prog_bar=True)
+        self.log_dict({k: v for k, v in scalars.items() if k not in shown})
+
+
+def _set_lr(optimizer: LightningOptimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _check_args(args: dict[str, Any]) -> None:
+    """Reject bad option values up front, naming the flag."""
+    problems = []
+    if "style_mixing_prob" in args["generator_kwargs"]:
+        problems.append("set model.style_mixing_prob, not model.generator_kwargs.style_mixing_prob")
+    if args["lr_d"] <= 0 or (args["lr_g"] is not None and args["lr_g"] <= 0):
+        problems.append(f"model.lr_d ({args['lr_d']}) and model.lr_g ({args['lr_g']}) must be > 0")
+    if not all(0 <= b < 1 for b in args["betas"]) or len(args["betas"]) != 2:
+        problems.append(f"model.betas must be two values in [0, 1), got {args['betas']}")
+    for key in ("r1_gamma", "bcr_real", "bcr_fake"):
+        if args[key] < 0:
+            problems.append(f"model.{key} must be >= 0 (0 turns it off), got {args[key]}")
+    if args["r1_interval"] < 1:
+        problems.append(f"model.r1_interval must be >= 1, got {args['r1_interval']}")
+    for key in ("d_grad_clip", "ema_rampup", "image_snapshot_kimg", "export_snapshot_kimg"):
+        if args[key] is not None and args[key] <= 0:
+            problems.append(f"model.{key} must be > 0 or null, got {args[key]}")
+    for key in ("ema_half_life_kimg", "total_kimg"):
+        if args[key] <= 0:
+            problems.append(f"model.{key} must be > 0, got {args[key]}")
+    start, end = args["decay_start_kimg"], args["decay_end_kimg"]
+    if (start is None) != (end is None) or (start is not None and not 0 <= start < end):
+        problems.append(f"model.decay_start_kimg and model.decay_end_kimg must both be null or "
+                        f"0 <= start < end, got {start} and {end}")
+    if not 0 <= args["style_mixing_prob"] <= 1:
+        problems.append(f"model.style_mixing_prob must be in [0, 1], got {args['style_mixing_prob']}")
+    if problems:
+        raise ValueError("; ".join(problems))
