@@ -2,6 +2,7 @@
 :class:`stylenat.training.gan.StyleNATGAN`), not in optimizer steps. Files go to the run directory
 (``trainer.log_dir``, else ``trainer.default_root_dir``), written by rank 0.
 
+    KimgSchedule        when the callbacks below act
     ImageGrids          reals.png at start, fakes_init.png, fakes<kimg:06d>.png: fixed latents through G_ema;
                         also to TensorBoard (step = kimg)
     GeneratorExport     network-snapshot-<kimg:06d>.safetensors and generator.safetensors (the latest): G_ema
@@ -60,6 +61,32 @@ def image_grid(images: Tensor, columns: int) -> np.ndarray:
     return pixels.view(rows, columns, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, columns * w, c).numpy()
 
 
+class KimgSchedule:
+    """When a callback driven by images seen acts: after every step that passes a multiple of ``every_kimg``
+    thousand images (never if None), and when training ends unless that state is written already (so a fit
+    that trains no step, e.g. resumed from a finished run, writes nothing)."""
+
+    def __init__(self, every_kimg: float | None):
+        self.every_kimg = every_kimg
+        self._before = 0  # cur_nimg when the current step began
+        self._written = 0  # cur_nimg of the state written last, or found when this fit started
+
+    def start(self, nimg: int) -> None:
+        self._before = self._written = nimg
+
+    def step_begins(self, nimg: int) -> None:
+        self._before = nimg
+
+    def due(self, nimg: int) -> bool:
+        return crossed(self._before, nimg, self.every_kimg)
+
+    def due_at_end(self, nimg: int) -> bool:
+        return nimg != self._written
+
+    def written(self, nimg: int) -> None:
+        self._written = nimg
+
+
 class ImageGrids(Callback):
     """Sample grids: ``reals.png`` (a seeded choice of training images) when training starts,
     ``fakes_init.png`` before the first step, and ``fakes<kimg:06d>.png`` every ``every_kimg`` and at the end,
@@ -74,43 +101,42 @@ class ImageGrids(Callback):
     """
 
     def __init__(self, every_kimg: float | None, grid_size: int | None = None, seed: int = 0, batch_size: int = 16):
-        self.every_kimg, self.grid_size, self.seed, self.batch_size = every_kimg, grid_size, seed, batch_size
+        self.schedule = KimgSchedule(every_kimg)
+        self.grid_size, self.seed, self.batch_size = grid_size, seed, batch_size
         self._dir: Path | None = None
-        self._nimg_before = 0
-        self._last_saved: int | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._dir = run_dir(trainer)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.every_kimg is None or not trainer.is_global_zero:
+        self.schedule.start(pl_module.cur_nimg)
+        if self.schedule.every_kimg is None or not trainer.is_global_zero:
             return
         dataset = trainer.train_dataloader.dataset
         count = min(self._side(pl_module) ** 2, len(dataset))
         picks = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.seed))[:count]
-        reals = torch.stack([_image(dataset[int(i)]) for i in picks])
-        self._write(trainer, "reals", "reals.png", reals, pl_module)
+        self._write(trainer, pl_module, "reals", "reals.png", torch.stack([_image(dataset[int(i)]) for i in picks]))
         if pl_module.cur_nimg == 0:
-            self._write(trainer, "fakes", "fakes_init.png", self._fakes(pl_module), pl_module)
+            self._write(trainer, pl_module, "fakes", "fakes_init.png", self._fakes(pl_module))
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        self._nimg_before = pl_module.cur_nimg
+        self.schedule.step_begins(pl_module.cur_nimg)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if crossed(self._nimg_before, pl_module.cur_nimg, self.every_kimg):
+        if self.schedule.due(pl_module.cur_nimg):
             self._snapshot(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.every_kimg is not None and self._last_saved != pl_module.cur_nimg:
+        if self.schedule.every_kimg is not None and self.schedule.due_at_end(pl_module.cur_nimg):
             self._snapshot(trainer, pl_module)
 
     def _snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._last_saved = pl_module.cur_nimg
+        self.schedule.written(pl_module.cur_nimg)
         if trainer.is_global_zero:
-            self._write(trainer, "fakes", f"fakes{pl_module.cur_nimg // 1000:06d}.png", self._fakes(pl_module),
-                        pl_module)
+            name = f"fakes{pl_module.cur_nimg // 1000:06d}.png"
+            self._write(trainer, pl_module, "fakes", name, self._fakes(pl_module))
 
     def _side(self, pl_module: L.LightningModule) -> int:
         return self.grid_size or (8 if pl_module.G_ema.size < 1024 else 4)
@@ -122,7 +148,7 @@ class ImageGrids(Callback):
         z = torch.randn(self._side(pl_module) ** 2, pl_module.G_ema.z_dim, generator=generator).to(pl_module.device)
         return torch.cat([pl_module.G_ema(chunk, update_w_avg=False).cpu() for chunk in z.split(self.batch_size)])
 
-    def _write(self, trainer: L.Trainer, tag: str, name: str, images: Tensor, pl_module: L.LightningModule) -> None:
+    def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str, name: str, images: Tensor) -> None:
         grid = image_grid(images, self._side(pl_module))
         assert self._dir is not None
         self._dir.mkdir(parents=True, exist_ok=True)
@@ -143,29 +169,30 @@ class GeneratorExport(Callback):
     The export records ``cur_nimg``."""
 
     def __init__(self, every_kimg: float | None):
-        self.every_kimg = every_kimg
+        self.schedule = KimgSchedule(every_kimg)
         self._dir: Path | None = None
-        self._nimg_before = 0
-        self._last_saved: int | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._dir = run_dir(trainer)
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.schedule.start(pl_module.cur_nimg)
+
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        self._nimg_before = pl_module.cur_nimg
+        self.schedule.step_begins(pl_module.cur_nimg)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if crossed(self._nimg_before, pl_module.cur_nimg, self.every_kimg):
+        if self.schedule.due(pl_module.cur_nimg):
             self._export(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._last_saved != pl_module.cur_nimg:
+        if self.schedule.due_at_end(pl_module.cur_nimg):
             self._export(trainer, pl_module)
 
     def _export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._last_saved = pl_module.cur_nimg
+        self.schedule.written(pl_module.cur_nimg)
         if not trainer.is_global_zero:
             return
         assert self._dir is not None
@@ -179,7 +206,8 @@ class KimgCheckpoint(ModelCheckpoint):
     """Lightning's :class:`ModelCheckpoint` writing ``last.ckpt`` every ``every_n_kimg`` thousand images and when
     training ends (the stock one counts ``global_step``, which is two optimizer steps per GAN step, and does not
     save at the end once it has saved before). ``--ckpt_path last`` finds the file in ``dirpath`` (default: the
-    run directory's ``checkpoints/``).
+    run directory's ``checkpoints/``). Uses ModelCheckpoint's private ``_save_last_checkpoint``, which keeps its
+    bookkeeping (``last_model_path``, loggers notified) as the stock triggers do.
 
     Args:
         every_n_kimg: interval in thousands of images.
@@ -191,27 +219,34 @@ class KimgCheckpoint(ModelCheckpoint):
             raise ValueError(f"every_n_kimg must be > 0, got {every_n_kimg}")
         super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, every_n_epochs=0)
         self.every_n_kimg = every_n_kimg
-        self._nimg_before = 0
+        self.schedule = KimgSchedule(every_n_kimg)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self.schedule.start(pl_module.cur_nimg)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
-        self._nimg_before = pl_module.cur_nimg
+        self.schedule.step_begins(pl_module.cur_nimg)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if crossed(self._nimg_before, pl_module.cur_nimg, self.every_n_kimg):
-            self._save_last(trainer)
+        if self.schedule.due(pl_module.cur_nimg):
+            self._save_last(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._save_last(trainer)
+        if self.schedule.due_at_end(pl_module.cur_nimg):
+            self._save_last(trainer, pl_module)
 
-    def _save_last(self, trainer: L.Trainer) -> None:
-        if not self._should_skip_saving_checkpoint(trainer):  # skips when this step is saved already
+    def _save_last(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.schedule.written(pl_module.cur_nimg)
+        if not self._should_skip_saving_checkpoint(trainer):  # fast_dev_run, sanity check, not fitting
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class KimgProgressBar(TQDMProgressBar):
-    """The training bar counts kimg up to ``total_kimg``: ``Training  12%|##  | 7.7/64 kimg [02:00<14:10, ...]``."""
+    """The training bar counts kimg up to ``total_kimg``, with rate and ETA:
+    ``Training:  64%|######4   | 7.7/12 kimg [03:02<01:47, 23.65s/kimg, Loss/D=0.961, Loss/G=1.160]``."""
 
     BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:g} kimg [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
 
@@ -227,7 +262,7 @@ class KimgProgressBar(TQDMProgressBar):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if (batch_idx + 1) % self.refresh_rate == 0 or pl_module.done:
+        if self.is_enabled and ((batch_idx + 1) % self.refresh_rate == 0 or pl_module.done):
             self.train_progress_bar.n = min(pl_module.cur_nimg / 1000, pl_module.hparams.total_kimg)
             self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))  # refreshes the bar
 

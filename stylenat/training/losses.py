@@ -10,9 +10,11 @@ Logits are ``[B, 1]``; every function returns a scalar.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 
 def d_logistic_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
@@ -25,7 +27,7 @@ def g_nonsaturating_loss(fake_logits: Tensor) -> Tensor:
     return F.softplus(-fake_logits).mean()
 
 
-def r1_penalty(discriminator: nn.Module, real: Tensor) -> Tensor:
+def r1_penalty(discriminator: Callable[[Tensor], Tensor], real: Tensor) -> Tensor:
     """R1 (Mescheder et al. 2018): ``mean_b sum_pixels (d D(x_b) / d x_b)^2`` on reals ``[B, 3, R, R]``.
 
     Always computed in float32 with autocast off: the double backward of ``create_graph=True`` bypasses
