@@ -58,9 +58,62 @@ class Extension:
 CPU_EXTENSION = Extension(
     name="natten_ops_cpu",
     sources=("cpu/na2d_cpu.cpp", "cpu/bindings.cpp"),
-    headers=("na2d_index.h",),
+    headers=("na2d_index.h", "ops.h"),
     cflags=("-O3", "-march=native", "-fopenmp-simd"),
 )
+
+_CUDA_HEADERS = ("na2d_index.h", "na2d_elements.h", "na2d_problem.h", "ops.h")
+
+# The CUDA kernels' element math compiled for the host: tests run it on machines without a GPU.
+CUDA_HARNESS_EXTENSION = Extension(
+    name="natten_ops_cuda_harness",
+    sources=("cuda/harness.cpp",),
+    headers=_CUDA_HEADERS,
+    cflags=("-O2",),
+)
+
+ARCH_ENV = "TORCH_CUDA_ARCH_LIST"
+
+
+def cuda_arch_list() -> str:
+    """The GPU architectures to compile for: ``$TORCH_CUDA_ARCH_LIST`` (e.g. ``"8.0;9.0"``), else the
+    visible GPUs'. Without either there is nothing sensible to target: a :class:`BuildError` says so."""
+    archs = os.environ.get(ARCH_ENV, "").strip()
+    if archs:
+        return archs
+    if torch.cuda.is_available():
+        capabilities = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+        return ";".join(f"{major}.{minor}" for major, minor in capabilities)
+    raise BuildError(f"natten_ops: no GPU is visible and {ARCH_ENV} is not set, so there is no architecture to "
+                     f"compile the CUDA kernels for; set e.g. {ARCH_ENV}='8.0;9.0' (A100, H100)")
+
+
+def cuda_extension() -> Extension:
+    """The CUDA kernels, for the architectures of :func:`cuda_arch_list` (part of the cache key)."""
+    return Extension(
+        name="natten_ops_cuda",
+        sources=("cuda/na2d_cuda.cu", "cuda/bindings.cpp"),
+        headers=_CUDA_HEADERS,
+        cflags=("-O3",),
+        cuda_cflags=("-O3", "-lineinfo"),
+        with_cuda=True,
+        extra=(cuda_arch_list(),),
+    )
+
+
+def cuda_home() -> Path | None:
+    """The CUDA toolkit: the first of ``$CUDA_HOME``, ``$CUDA_PATH``, torch's guess, ``/usr/local/cuda*``
+    that has both ``bin/nvcc`` and ``include/cuda_runtime.h`` (torch's guess from a wrapper script on
+    PATH such as ``/usr/local/bin/nvcc`` can point at a folder without the headers)."""
+    from torch.utils import cpp_extension
+
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), cpp_extension.CUDA_HOME,
+                  "/usr/local/cuda", *sorted(str(p) for p in Path("/usr/local").glob("cuda-*"))]
+    for candidate in filter(None, candidates):
+        home = Path(candidate)
+        if (home / "bin" / "nvcc").exists() and (home / "include" / "cuda_runtime.h").exists():
+            return home
+    return None
 
 
 def cache_root() -> Path:
@@ -105,8 +158,8 @@ def missing_tools(ext: Extension) -> list[str]:
         missing.append(f"a C++ compiler ({compiler!r} not on PATH; e.g. apt-get install g++)")
     if not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists():
         missing.append("the Python headers (Python.h; e.g. apt-get install python3-dev)")
-    if ext.with_cuda and cpp_extension.CUDA_HOME is None:
-        missing.append("the CUDA toolkit (nvcc; set CUDA_HOME)")
+    if ext.with_cuda and cuda_home() is None:
+        missing.append("the CUDA toolkit (nvcc and its headers; set CUDA_HOME)")
     return missing
 
 
@@ -120,17 +173,27 @@ def _import_from(path: Path, name: str) -> ModuleType:
 def _compile(ext: Extension, build_dir: Path) -> ModuleType:
     from torch.utils import cpp_extension
 
-    module = cpp_extension.load(
-        name=ext.name,
-        sources=[str(CSRC / s) for s in ext.sources],
-        extra_include_paths=[str(CSRC)],
-        extra_cflags=list(ext.cflags),
-        extra_cuda_cflags=list(ext.cuda_cflags),
-        build_directory=str(build_dir),
-        with_cuda=ext.with_cuda,
-        is_python_module=True,
-        verbose=_verbose(),
-    )
+    saved_arch = os.environ.get(ARCH_ENV)
+    if ext.with_cuda:  # torch reads both when it builds the nvcc command line
+        cpp_extension.CUDA_HOME = str(cuda_home())
+        os.environ[ARCH_ENV] = ext.extra[0]
+    try:
+        module = cpp_extension.load(
+            name=ext.name,
+            sources=[str(CSRC / s) for s in ext.sources],
+            extra_include_paths=[str(CSRC)],
+            extra_cflags=list(ext.cflags),
+            extra_cuda_cflags=list(ext.cuda_cflags),
+            build_directory=str(build_dir),
+            with_cuda=ext.with_cuda,
+            is_python_module=True,
+            verbose=_verbose(),
+        )
+    finally:
+        if saved_arch is None:
+            os.environ.pop(ARCH_ENV, None)
+        else:
+            os.environ[ARCH_ENV] = saved_arch
     built = build_dir / f"{ext.name}.so"
     if not built.exists():
         raise BuildError(f"natten_ops: the build of {ext.name} produced no module in {build_dir}")
@@ -172,7 +235,8 @@ def load(ext: Extension) -> ModuleType:
 
 def _build_and_publish(ext: Extension, target: Path) -> ModuleType:
     """Compile into a private folder, then rename it to ``target`` (atomic); returns the loaded module."""
-    print(f"natten_ops: building {ext.name} (first use; takes a minute) -> {target}", file=sys.stderr, flush=True)
+    duration = "several minutes per GPU architecture" if ext.with_cuda else "a minute"
+    print(f"natten_ops: building {ext.name} (first use; takes {duration}) -> {target}", file=sys.stderr, flush=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{ext.name}-", dir=cache_root()))
     try:
         module = _compile(ext, staging)
@@ -194,3 +258,13 @@ def _build_and_publish(ext: Extension, target: Path) -> ModuleType:
 def load_cpu() -> ModuleType:
     """The CPU kernels (built on first use)."""
     return load(CPU_EXTENSION)
+
+
+def load_cuda() -> ModuleType:
+    """The CUDA kernels (built on first use, for :func:`cuda_arch_list`)."""
+    return load(cuda_extension())
+
+
+def load_cuda_harness() -> ModuleType:
+    """The CUDA kernels' element math on the CPU (tests)."""
+    return load(CUDA_HARNESS_EXTENSION)

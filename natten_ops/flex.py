@@ -29,7 +29,8 @@ except ImportError:  # torch < 2.5
     create_block_mask = flex_attention = None
 
 
-def unavailable_reason(op: str, device: torch.device, dtype: torch.dtype, needs_grad: bool) -> Optional[str]:
+def unavailable_reason(op: str, device: torch.device, dtype: torch.dtype, needs_grad: bool,
+                       head_dim: Optional[int] = None) -> Optional[str]:
     if flex_attention is None:
         return f"torch {torch.__version__} has no flex_attention (needs torch >= 2.5)"
     if op != "na2d":

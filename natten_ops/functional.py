@@ -166,16 +166,22 @@ class _NA2DAV(torch.autograd.Function):
 
 
 class CompiledBackend:
-    """Kernels from a JIT-built extension. Half inputs on the CPU are computed in float32."""
+    """Kernels from a JIT-built extension (the entry points of ``csrc/ops.h``). Half inputs on the CPU
+    are computed in float32; ``max_head_dim`` bounds the fused kernels' head_dim (None: any)."""
 
-    def __init__(self, name: str, device_type: str, loader, dtypes: tuple[torch.dtype, ...]):
+    def __init__(self, name: str, device_type: str, loader, dtypes: tuple[torch.dtype, ...],
+                 max_head_dim: Optional[int] = None):
         self.name, self.device_type, self._loader, self.dtypes = name, device_type, loader, dtypes
+        self.max_head_dim = max_head_dim
 
-    def unavailable_reason(self, op: str, device: torch.device, dtype: torch.dtype, needs_grad: bool) -> Optional[str]:
+    def unavailable_reason(self, op: str, device: torch.device, dtype: torch.dtype, needs_grad: bool,
+                           head_dim: Optional[int] = None) -> Optional[str]:
         if device.type != self.device_type:
             return f"the {self.name} backend runs on {self.device_type} tensors, the input is on {device}"
         if dtype not in self.dtypes:
             return f"the {self.name} backend takes {[str(d) for d in self.dtypes]}, the input is {dtype}"
+        if op == "na2d" and self.max_head_dim is not None and head_dim is not None and head_dim > self.max_head_dim:
+            return f"the {self.name} backend's fused na2d takes head_dim <= {self.max_head_dim}, got {head_dim}"
         try:
             self._loader()
         except _build.BuildError as err:
@@ -209,7 +215,7 @@ class CompiledBackend:
 class ReferenceBackend:
     name = "reference"
 
-    def unavailable_reason(self, op, device, dtype, needs_grad) -> Optional[str]:
+    def unavailable_reason(self, op, device, dtype, needs_grad, head_dim=None) -> Optional[str]:
         return None
 
     na2d = staticmethod(reference.na2d)
@@ -221,22 +227,25 @@ _REGISTRY = {
     "reference": ReferenceBackend(),
     "cpu": CompiledBackend("cpu", "cpu", _build.load_cpu,
                            (torch.float32, torch.float64, torch.float16, torch.bfloat16)),
+    "cuda": CompiledBackend("cuda", "cuda", _build.load_cuda,
+                            (torch.float32, torch.float64, torch.float16, torch.bfloat16), max_head_dim=128),
     "flex": flex,
 }
 
-# What "auto" tries, in order, per device type. The CUDA kernels join the CUDA list once they pass
-# the GPU test suite (see the README).
+# What "auto" tries, in order, per device type. The CUDA kernels compile in CI and their element math
+# passes the CPU harness, but they join the CUDA list only once they have passed the GPU test suite
+# on a GPU (README, "CUDA kernels"); until then backend="cuda" must be asked for by name.
 AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("flex", "reference")}
+AUTO_NOTES = {"cuda": "the cuda kernels join this list once they pass the GPU test suite on a GPU; "
+                      "until then ask for backend='cuda' by name"}
 
 
 def unavailable_reason(backend: str, op: str, device, dtype: torch.dtype = torch.float32,
-                       needs_grad: bool = False) -> Optional[str]:
-    """Why ``backend`` cannot run ``op`` for such inputs, or ``None`` if it can."""
+                       needs_grad: bool = False, head_dim: Optional[int] = None) -> Optional[str]:
+    """Why ``backend`` cannot run ``op`` for such inputs (``head_dim`` of q, when known), or ``None``."""
     if backend not in _REGISTRY:
-        if backend == "cuda":
-            return "the CUDA kernels are not part of this build yet (use 'flex' or 'reference' on GPUs)"
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return _REGISTRY[backend].unavailable_reason(op, torch.device(device), dtype, needs_grad)
+    return _REGISTRY[backend].unavailable_reason(op, torch.device(device), dtype, needs_grad, head_dim)
 
 
 def available_backends(device="cpu", dtype: torch.dtype = torch.float32) -> list[str]:
@@ -249,14 +258,15 @@ _warned: set[str] = set()
 
 def _select(backend: str, op: str, x: Tensor, needs_grad: bool):
     _check_backend(backend)
+    head_dim = x.shape[-1]
     if backend != "auto":
-        reason = unavailable_reason(backend, op, x.device, x.dtype, needs_grad)
+        reason = unavailable_reason(backend, op, x.device, x.dtype, needs_grad, head_dim)
         if reason is not None:
             raise BackendUnavailable(f"natten_ops.{op}: backend={backend!r} is unavailable: {reason}")
         return _REGISTRY[backend]
     reasons = []
     for name in AUTO_ORDER.get(x.device.type, ("reference",)):
-        reason = unavailable_reason(name, op, x.device, x.dtype, needs_grad)
+        reason = unavailable_reason(name, op, x.device, x.dtype, needs_grad, head_dim)
         if reason is None:
             if reasons and name not in _warned:
                 _warned.add(name)

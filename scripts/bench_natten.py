@@ -2,18 +2,21 @@
 
     python scripts/bench_natten.py                  # CPU: cpu vs flex (compiled) vs reference
     python scripts/bench_natten.py --quick          # fewer shapes and repeats
-    python scripts/bench_natten.py --device cuda --dtype bfloat16
+    python scripts/bench_natten.py --device cuda --dtype bfloat16 --batch-scale 2 --highres
 
 Prints, per shape (B, heads, H=W, head_dim, kernel, dilation): forward and forward+backward time (median
 of --repeats after warm-up), peak memory, achieved GFLOP/s (forward counts 4*B*heads*H*W*k*k*D flops:
 q.k and attn.v, a multiply and an add each) and the speed-ups of the first backend over the others.
-Ratios are measured in this run, on this machine; they are the figures the README quotes.
+Ratios are measured in this run, on this machine; they are the figures the README quotes. The pseudo-
+backend ``sdpa`` (default on CUDA) is dense ``scaled_dot_product_attention`` over the same H*W tokens:
+not neighborhood attention, a roofline for what a tuned attention kernel reaches on this device.
 """
 
 from __future__ import annotations
 
 import argparse
 import torch
+import torch.nn.functional as F
 
 import natten_ops
 from stylenat.profiling import median_seconds, peak_memory_bytes
@@ -25,13 +28,18 @@ STYLENAT_SHAPES = [  # (B, heads, H=W, head_dim, kernel, dilation): the generato
     (1, 8, 128, 32, 7, 16),
     (1, 4, 256, 32, 7, 32),
 ]
+HIGHRES_SHAPES = [  # the extra stages of the 1024 px generator (4 heads of 16 and 8 channels)
+    (1, 4, 512, 16, 7, 64),
+    (1, 4, 1024, 8, 7, 128),
+]
 
 
-def shapes(quick: bool, scale_batch: int = 1):
+def shapes(quick: bool, scale_batch: int = 1, highres: bool = False, sizes=None):
     rows = []
-    for B, h, n, D, k, d in STYLENAT_SHAPES:
-        rows.append((B * scale_batch, h, n, D, k, d))
-        rows.append((B * scale_batch, h, n, D, k, 1))
+    for B, h, n, D, k, d in STYLENAT_SHAPES + (HIGHRES_SHAPES if highres else []):
+        if sizes is None or n in sizes:
+            rows.append((B * scale_batch, h, n, D, k, d))
+            rows.append((B * scale_batch, h, n, D, k, 1))
     return rows[::3] if quick else rows
 
 
@@ -45,7 +53,10 @@ def run_case(backend: str, shape, device, dtype, repeats: int, backward: bool):
             t.requires_grad_(True)
 
     def step():
-        out = natten_ops.na2d(q, key, v, k, d, rpb=rpb, backend=backend)
+        if backend == "sdpa":  # dense attention over all H*W tokens, the roofline
+            out = F.scaled_dot_product_attention(*(t.flatten(2, 3) for t in (q, key, v)))
+        else:
+            out = natten_ops.na2d(q, key, v, k, d, rpb=rpb, backend=backend)
         if backward:
             out.sum().backward()
         return out
@@ -62,11 +73,13 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--batch-scale", type=int, default=1, help="multiply every batch size (GPU: use 2 for B=8 at 256 px)")
+    parser.add_argument("--highres", action="store_true", help="add the 512 and 1024 px stages of the 1024 px generator")
+    parser.add_argument("--sizes", default=None, help="comma list of H=W sizes to run (default: all)")
     args = parser.parse_args(argv)
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     backends = (args.backends.split(",") if args.backends else
-                [("cuda" if device.type == "cuda" else "cpu"), "flex", "reference"])
+                (["cuda", "flex", "reference", "sdpa"] if device.type == "cuda" else ["cpu", "flex", "reference"]))
     print(f"# natten_ops {natten_ops.__version__}, torch {torch.__version__}, device {device}"
           f" ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'})"
           f", dtype {args.dtype}")
@@ -74,13 +87,15 @@ def main(argv=None):
              [f"{b} MB" for b in backends] + [f"{backends[0]} GFLOP/s"] + [f"x vs {b}" for b in backends[1:]]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    for shape in shapes(args.quick, args.batch_scale):
+    sizes = {int(n) for n in args.sizes.split(",")} if args.sizes else None
+    for shape in shapes(args.quick, args.batch_scale, args.highres, sizes):
         B, heads, n, D, k, d = shape
         flops = 4 * B * heads * n * n * k * k * D
         for backward in (False, True):
             cells = []
             for backend in backends:
-                reason = natten_ops.unavailable_reason(backend, "na2d", device, dtype, needs_grad=backward)
+                reason = None if backend == "sdpa" else natten_ops.unavailable_reason(
+                    backend, "na2d", device, dtype, needs_grad=backward, head_dim=D)
                 if reason is not None:
                     cells.append(None)
                     continue

@@ -1,79 +1,20 @@
-"""Every backend against the reference: forward and all gradients, fixed cases and a property-based sweep.
-
-Tolerances (spec section 5, rtol 0): float32 forward / dK / dV / dRPB atol 1e-4, dQ 1e-3 against a
-float64 reference; float64 kernels agree with it to round-off.
-"""
+"""The CPU kernels and flex against the reference: forward and all gradients, fixed cases and a
+property-based sweep (tolerances: tests/ops/na_testing.py). The CUDA kernels have the same checks in
+test_cuda.py, their CPU harness in test_cuda_harness.py."""
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from na_testing import (CASES, assert_matches_reference, make_inputs, na2d_with_grads, na_problems,
+                        unfused_with_grads)
 
 import natten_ops
 from natten_ops import HeadGroup
 
-FLOAT32_ATOL = {"out": 1e-4, "q": 1e-3, "k": 1e-4, "v": 1e-4, "rpb": 1e-4}
-
-
-def make_inputs(B, heads, H, W, D, kernel, dilation, with_rpb, dtype=torch.float64, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(B, heads, H, W, D, generator=gen, dtype=dtype) for _ in range(3))
-    rpb = torch.randn(heads, 2 * kernel[0] - 1, 2 * kernel[1] - 1, generator=gen, dtype=dtype) if with_rpb else None
-    return q, k, v, rpb
-
-
-def na2d_with_grads(backend, q, k, v, kernel, dilation, rpb, dtype):
-    """Output and gradients of sum(out * weights) for na2d on ``backend``, computed in ``dtype``."""
-    leaves = [t.detach().to(dtype).requires_grad_() if t is not None else None for t in (q, k, v, rpb)]
-    out = natten_ops.na2d(*leaves[:3], kernel, dilation, rpb=leaves[3], backend=backend)
-    weights = torch.linspace(-1, 1, out.numel(), dtype=dtype).reshape(out.shape)
-    grads = torch.autograd.grad((out * weights).sum(), [t for t in leaves if t is not None])
-    names = ["q", "k", "v", "rpb"][: len(grads)]
-    return {"out": out.detach(), **dict(zip(names, grads))}
-
-
-def assert_matches_reference(backend, B, heads, H, W, D, kernel, dilation, with_rpb, seed=0):
-    inputs = make_inputs(B, heads, H, W, D, kernel, dilation, with_rpb, seed=seed)
-    expected = na2d_with_grads("reference", *inputs[:3], kernel, dilation, inputs[3], torch.float64)
-    got64 = na2d_with_grads(backend, *inputs[:3], kernel, dilation, inputs[3], torch.float64)
-    got32 = na2d_with_grads(backend, *inputs[:3], kernel, dilation, inputs[3], torch.float32)
-    for name, value in expected.items():
-        torch.testing.assert_close(got64[name], value, rtol=0, atol=1e-10, msg=f"float64 {name}")
-        torch.testing.assert_close(got32[name].double(), value, rtol=0, atol=FLOAT32_ATOL[name], msg=f"float32 {name}")
-
-
-CASES = [  # (B, heads, H, W, D, kernel, dilation, rpb)
-    (2, 4, 16, 16, 32, (7, 7), (2, 2), True),    # a StyleNAT 16x16 stage
-    (1, 2, 14, 14, 16, (7, 7), (1, 1), True),
-    (2, 3, 7, 9, 8, (3, 3), (2, 3), False),
-    (1, 2, 9, 13, 8, (3, 5), (3, 2), True),      # L = k*d and L = k*d + d - 1
-    (1, 1, 13, 13, 8, (13, 13), (1, 1), True),   # k = L
-    (1, 16, 6, 6, 8, (3, 3), (2, 2), True),      # 16 heads
-    (1, 1, 5, 7, 128, (5, 7), (1, 1), False),    # head_dim 128, non-square kernel
-    (1, 2, 11, 10, 24, (3, 3), (3, 3), True),    # head_dim without a compiled fast path
-]
-
-
 @pytest.mark.parametrize("B, heads, H, W, D, kernel, dilation, with_rpb", CASES)
 def test_cpu_na2d_matches_reference(B, heads, H, W, D, kernel, dilation, with_rpb):
     assert_matches_reference("cpu", B, heads, H, W, D, kernel, dilation, with_rpb)
-
-
-@st.composite
-def na_problems(draw):
-    """Random valid shapes, biased towards the edge cases: L = k*d and L = k*d + 1 .. k*d + d - 1."""
-    axes = []
-    for _ in range(2):
-        kernel = draw(st.sampled_from([3, 5, 7, 9, 11, 13]))
-        dilation = draw(st.integers(1, max(1, 24 // kernel)))
-        extra = draw(st.one_of(st.just(0), st.integers(1, max(1, dilation - 1)), st.integers(0, 8)))
-        axes.append((kernel * dilation + extra, kernel, dilation))
-    heads = draw(st.integers(1, 16))
-    D = draw(st.sampled_from([8, 16, 32, 64, 128, 12]))
-    if heads * D > 256:
-        heads = max(1, 256 // D)
-    return dict(B=draw(st.integers(1, 2)), heads=heads, H=axes[0][0], W=axes[1][0], D=D,
-                kernel=(axes[0][1], axes[1][1]), dilation=(axes[0][2], axes[1][2]), with_rpb=draw(st.booleans()))
 
 
 @given(problem=na_problems(), seed=st.integers(0, 2**16))
@@ -85,14 +26,8 @@ def test_cpu_na2d_sweep(problem, seed):
 def test_cpu_unfused_ops_match_reference(B, heads, H, W, D, kernel, dilation, with_rpb):
     q, k, v, rpb = make_inputs(B, heads, H, W, D, kernel, dilation, with_rpb)
     attn = torch.softmax(torch.randn(B, heads, H, W, kernel[0] * kernel[1], dtype=torch.float64), -1)
-    results = {}
-    for backend in ("reference", "cpu"):
-        leaves = [t.clone().requires_grad_() if t is not None else None for t in (q, k, v, rpb, attn)]
-        logits = natten_ops.na2d_qk(leaves[0], leaves[1], kernel, dilation, rpb=leaves[3], backend=backend)
-        out = natten_ops.na2d_av(leaves[4], leaves[2], kernel, dilation, backend=backend)
-        loss = (logits * torch.cos(logits)).sum() + (out * torch.sin(out)).sum()
-        grads = torch.autograd.grad(loss, [t for t in leaves if t is not None])
-        results[backend] = (logits, out, *grads)
+    results = {backend: unfused_with_grads(backend, q, k, v, rpb, attn, kernel, dilation)
+               for backend in ("reference", "cpu")}
     for got, expected in zip(results["cpu"], results["reference"]):
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
 

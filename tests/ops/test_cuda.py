@@ -1,0 +1,105 @@
+"""The CUDA kernels on a GPU (marked ``cuda``: skipped without one): every op against the reference
+with the spec's tolerances, forward and all gradients, the sweep of the CPU backend, float16 /
+bfloat16, a problem past 32-bit indexing, determinism and float64 gradcheck.
+
+Run on a GPU machine: ``pytest -m cuda tests/ops`` (builds the kernels for the visible GPU first).
+"""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from na_testing import (CASES, HALF_ATOL, assert_matches_reference, make_inputs, na2d_with_grads, na_problems,
+                        unfused_with_grads)
+from torch.autograd import gradcheck
+
+import natten_ops
+from natten_ops import HeadGroup
+
+pytestmark = pytest.mark.cuda
+CUDA = "cuda"
+
+
+@pytest.mark.parametrize("B, heads, H, W, D, kernel, dilation, with_rpb", CASES)
+def test_fused_matches_reference(B, heads, H, W, D, kernel, dilation, with_rpb):
+    assert_matches_reference(CUDA, B, heads, H, W, D, kernel, dilation, with_rpb, device=CUDA)
+
+
+@given(problem=na_problems(), seed=st.integers(0, 2**16))
+def test_fused_sweep(problem, seed):
+    assert_matches_reference(CUDA, **problem, seed=seed, device=CUDA)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("B, heads, H, W, D, kernel, dilation, with_rpb", CASES[:3] + CASES[6:7])
+def test_half_precision(dtype, B, heads, H, W, D, kernel, dilation, with_rpb):
+    inputs = make_inputs(B, heads, H, W, D, kernel, dilation, with_rpb)
+    inputs = [t.to(dtype).double() if t is not None else None for t in inputs]  # the values half can hold
+    expected = na2d_with_grads("reference", *inputs[:3], kernel, dilation, inputs[3], torch.float64)
+    got = na2d_with_grads(CUDA, *inputs[:3], kernel, dilation, inputs[3], dtype, CUDA)
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value, rtol=0, atol=HALF_ATOL[dtype] * max(1.0, value.abs().max().item()),
+                                   msg=f"{dtype} {name}")
+
+
+@pytest.mark.parametrize("B, heads, H, W, D, kernel, dilation, with_rpb", CASES[:5])
+def test_unfused_match_reference(B, heads, H, W, D, kernel, dilation, with_rpb):
+    q, k, v, rpb = make_inputs(B, heads, H, W, D, kernel, dilation, with_rpb)
+    attn = torch.softmax(torch.randn(B, heads, H, W, kernel[0] * kernel[1], dtype=torch.float64), -1)
+    expected = unfused_with_grads("reference", q, k, v, rpb, attn, kernel, dilation)
+    for got, want in zip(unfused_with_grads(CUDA, q, k, v, rpb, attn, kernel, dilation, device=CUDA), expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+def test_head_groups_match_reference():
+    q, k, v, _ = make_inputs(2, 5, 12, 13, 8, (5, 5), (1, 1), False)
+    gen = torch.Generator().manual_seed(4)
+    rpbs = [torch.randn(2, 9, 9, generator=gen, dtype=torch.float64), torch.randn(3, 5, 9, generator=gen, dtype=torch.float64)]
+    grads = {}
+    for backend, device in (("reference", "cpu"), (CUDA, CUDA)):
+        leaves = [t.to(device).requires_grad_() for t in (q, k, v, *rpbs)]
+        groups = [HeadGroup(2, 5, 2, leaves[3]), HeadGroup(3, (3, 5), (4, 2), leaves[4])]
+        out = natten_ops.na2d_grouped(*leaves[:3], groups, backend=backend)
+        grads[backend] = [t.cpu() for t in (out, *torch.autograd.grad((out * out.detach().sin()).sum(), leaves))]
+    for got, expected in zip(grads[CUDA], grads["reference"]):
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+
+
+def test_past_32_bit_indexing():
+    """Tensors of more than 2**31 elements, checked at their far end, where a 32-bit offset would wrap:
+    the fused kernel on 8 heads x 1280x1920 x head_dim 128 (2.5e9 elements each, float16) and na2d_qk's
+    logits on 1280x1920 x 31x31 neighbours (2.4e9 elements)."""
+    gen = torch.Generator(device=CUDA).manual_seed(0)
+    q, k, v = (torch.randn(1, 8, 1280, 1920, 128, device=CUDA, generator=gen, dtype=torch.float16) for _ in range(3))
+    assert q.numel() > 2**31
+    out = natten_ops.na2d(q, k, v, 5, 1, backend=CUDA)
+    tail = [t[:, 7:, 1260:].float() for t in (q, k, v)]  # the top 10 rows of the slice see a cut border
+    expected = natten_ops.na2d(*tail, 5, 1, backend="reference")[:, :, 10:]
+    torch.testing.assert_close(out[:, 7:, 1270:].float(), expected, rtol=0, atol=1e-2)
+    del q, k, v, out
+
+    q, k = (torch.randn(1, 1, 1280, 1920, 8, device=CUDA, generator=gen) for _ in range(2))
+    logits = natten_ops.na2d_qk(q, k, 31, 1, backend=CUDA)
+    assert logits.numel() > 2**31
+    expected = natten_ops.na2d_qk(q[:, :, -64:], k[:, :, -64:], 31, 1, backend="reference")[:, :, 32:]
+    torch.testing.assert_close(logits[:, :, -32:], expected, rtol=0, atol=1e-4)
+
+
+def test_deterministic():
+    q, k, v, rpb = make_inputs(2, 4, 32, 32, 32, (7, 7), (2, 2), True, dtype=torch.float32)
+    runs = [na2d_with_grads(CUDA, q, k, v, (7, 7), (2, 2), rpb, torch.float32, CUDA) for _ in range(2)]
+    for name in runs[0]:
+        assert torch.equal(runs[0][name], runs[1][name]), name
+
+
+@pytest.mark.parametrize("size, kernel, dilation", [((14, 14), 7, 2), ((7, 9), 3, (2, 3))])
+def test_gradcheck(size, kernel, dilation):
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, *size, 3, generator=gen, dtype=torch.float64).to(CUDA).requires_grad_()
+               for _ in range(3))
+    rpb = torch.randn(2, 2 * kh - 1, 2 * kw - 1, generator=gen, dtype=torch.float64).to(CUDA).requires_grad_()
+    attn = torch.softmax(torch.randn(1, 2, *size, kh * kw, dtype=torch.float64), -1).to(CUDA).requires_grad_()
+    assert gradcheck(lambda *t: natten_ops.na2d(*t[:3], kernel, dilation, rpb=t[3], backend=CUDA), (q, k, v, rpb))
+    assert gradcheck(lambda q, k, r: natten_ops.na2d_qk(q, k, kernel, dilation, rpb=r, backend=CUDA), (q, k, rpb))
+    assert gradcheck(lambda a, v: natten_ops.na2d_av(a, v, kernel, dilation, backend=CUDA), (attn, v))
