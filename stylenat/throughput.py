@@ -70,8 +70,13 @@ def run(args) -> int:
             step = _training_step(G.train(), D, args.batch, device, dtype)
         else:
             step = _inference_step(G.eval(), args.batch, device, dtype)
-        seconds = median_seconds(step, device, args.repeats)
-        memory = peak_memory_bytes(step, device)
+        try:
+            seconds = median_seconds(step, device, args.repeats)
+            memory = peak_memory_bytes(step, device)
+        except (RuntimeError, MemoryError) as err:  # out of memory, most often: report it and go on
+            print(f"| {backend} | - | - | - ({(str(err) or type(err).__name__).splitlines()[0]}) |", flush=True)
+            continue
+        finally:
+            del G, step
         print(f"| {backend} | {args.batch / seconds:.3f} | {seconds * 1e3:.0f} | {memory / 2**20:.0f} |", flush=True)
-        del G
     return 0

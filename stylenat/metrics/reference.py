@@ -161,17 +161,20 @@ def dataset_reference_stats(dataset: Iterable, *, extractor: FeatureExtractor, f
 
 def path_reference_stats(path: str | Path, *, extractor: FeatureExtractor, resolution: int, filter: str = "lanczos",
                          content_fingerprint: bool = False, **kwargs) -> ReferenceStats:
-    """:func:`dataset_reference_stats` of a dataset on disk: an image folder, a zip or an LSUN LMDB, read by
-    the data package exactly as training reads it (centre crop, ``filter`` resize to ``resolution``; no
-    flips). ``kwargs`` pass through.
+    """:func:`dataset_reference_stats` of a dataset on disk (an image folder, a zip or an LSUN LMDB) or of a
+    built-in one (``digits``), read by the data package exactly as training reads it (centre crop,
+    ``filter`` resize to ``resolution``; no flips). ``kwargs`` pass through.
 
     The fingerprint covers file names, sizes and modification times (zip: member CRCs), or file
-    contents with ``content_fingerprint=True``, and the resize filter.
+    contents with ``content_fingerprint=True`` (a built-in dataset: its name), and the resize filter.
     """
     from stylenat.data import open_dataset
+    from stylenat.data.factory import dataset_kind
 
     dataset = open_dataset(path, resolution, xflip=False, filter=filter, center_crop=True)
-    fingerprint = f"{fingerprint_path(path, content_fingerprint)}-{filter}"
+    # A built-in dataset (``digits``) is fixed by the installed packages: its name is its fingerprint.
+    data = f"builtin-{path}" if dataset_kind(path) == "builtin" else fingerprint_path(path, content_fingerprint)
+    fingerprint = f"{data}-{filter}"
     return dataset_reference_stats(dataset, extractor=extractor, resolution=resolution, fingerprint=fingerprint,
                                    source=str(path), **kwargs)
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from torch import Tensor
 
 from stylenat.models.generator import Generator, create_generator
 
@@ -29,23 +30,35 @@ GENERATOR_KIND = "stylenat-generator"
 EMA_PREFIX = "G_ema."
 
 
-def save_generator(generator: Generator, path: str | os.PathLike, preset: str, overrides: dict[str, Any],
-                   info: dict[str, Any] | None = None) -> Path:
-    """Write ``generator`` (weights and buffers) with the config that rebuilds it; atomic replace."""
+def save_safetensors_atomic(tensors: dict[str, Tensor], path: str | os.PathLike,
+                            metadata: dict[str, str] | None = None) -> Path:
+    """Write a safetensors file atomically: a temporary file beside ``path``, flushed to disk, then renamed
+    over it, so readers never see a partial file. Permissions follow the umask, as a plain ``open``'s."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {name: t.detach().cpu().contiguous() for name, t in generator.state_dict().items()}
-    metadata = {"kind": GENERATOR_KIND, "preset": preset, "overrides": json.dumps(overrides),
-                "info": json.dumps(info or {})}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates the file 0600
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_generator(generator: Generator, path: str | os.PathLike, preset: str, overrides: dict[str, Any],
+                   info: dict[str, Any] | None = None) -> Path:
+    """Write ``generator`` (weights and buffers) with the config that rebuilds it; atomic replace."""
+    tensors = {name: t.detach().cpu().contiguous() for name, t in generator.state_dict().items()}
+    metadata = {"kind": GENERATOR_KIND, "preset": preset, "overrides": json.dumps(overrides),
+                "info": json.dumps(info or {})}
+    return save_safetensors_atomic(tensors, path, metadata)
 
 
 def _read_export(path: Path) -> tuple[str, dict, dict, dict]:

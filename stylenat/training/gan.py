@@ -133,6 +133,8 @@ class StyleNATGAN(L.LightningModule):
         image_snapshot_kimg: write ``fakes<kimg>.png`` this often; None: no image grids.
         export_snapshot_kimg: export G_ema this often (and always at the end); None: only at the end.
         rng_seed: seed of the per-step random draws (network init follows ``seed_everything``).
+        allow_tf32: on CUDA, let float32 matmuls and convolutions use TF32 tensor cores (the recipe's
+            "fp32/TF32" default); False keeps them in strict float32. Set process-wide at fit start.
     """
 
     def __init__(self, generator: str = "ffhq256", generator_kwargs: dict[str, Any] | None = None,
@@ -143,7 +145,7 @@ class StyleNATGAN(L.LightningModule):
                  decay_start_kimg: float | None = 49_600.0, decay_end_kimg: float | None = 64_000.0,
                  style_mixing_prob: float = 0.0, total_kimg: float = 64_000.0,
                  image_snapshot_kimg: float | None = 200.0, export_snapshot_kimg: float | None = 1000.0,
-                 rng_seed: int = 0):
+                 rng_seed: int = 0, allow_tf32: bool = True):
         super().__init__()
         generator_kwargs, discriminator_kwargs = dict(generator_kwargs or {}), dict(discriminator_kwargs or {})
         _check_args(locals())
@@ -183,6 +185,8 @@ class StyleNATGAN(L.LightningModule):
                              f"(model.generator={self.hparams.generator!r}) makes {self.G.size}px images")
 
     def on_fit_start(self) -> None:
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.hparams.allow_tf32
         model = self.trainer.strategy.model
         if isinstance(model, DistributedDataParallel) and not model.find_unused_parameters:
             raise ValueError("GAN training under DDP leaves D without gradients in the G step and G in the D step: "

@@ -101,6 +101,17 @@ def test_dataset_stats_cached_then_invalidated_when_a_file_changes(tmp_path):
     assert other_mode.seen == 10  # the mode is part of the key
 
 
+def test_builtin_dataset_stats_keyed_by_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no folder called "digits" here: the name means the built-in dataset
+    ext = CountingExtractor(tiny_extractor())
+    stats = path_reference_stats("digits", extractor=ext, resolution=RES, batch_size=256, verbose=False)
+    assert ext.seen == 1797 and stats.num_images == 1797 and stats.source == "digits"
+    (cached,) = stats_cache_dir().glob("*.npz")
+    assert cached.name.startswith("builtin-digits-lanczos-")
+    path_reference_stats("digits", extractor=ext, resolution=RES, verbose=False)
+    assert ext.seen == 1797  # reused
+
+
 def test_zip_dataset_and_fingerprint(tmp_path):
     images = random_images(5, seed=1)
     folder = write_pngs(tmp_path / "imgs", images)

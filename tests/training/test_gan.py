@@ -4,6 +4,7 @@ exact resume across the LR decay and lazy R1, checkpoints, exports and the confi
 from __future__ import annotations
 
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -409,8 +410,26 @@ class DumpState(L.Callback):
                    self.out_dir / f"rank{trainer.global_rank}.pt")
 
 
-@pytest.mark.timeout(300)
+ISOLATED_ENV = "STYLENAT_TEST_ISOLATED"
+
+
+def in_fresh_process(test_name: str, tmp_path: Path) -> bool:
+    """True inside a fresh interpreter running only ``test_name``; otherwise starts one, checks it passed
+    and returns False. Fork-based DDP cannot start from a process whose autograd engine already ran
+    threads (torch's "Autograd and Fork" limitation), which earlier tests in the same session may do."""
+    if os.environ.get(ISOLATED_ENV) == test_name:
+        return True
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp",
+                             str(tmp_path / "isolated"), f"{__file__}::{test_name}"],
+                            env={**os.environ, ISOLATED_ENV: test_name}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{test_name} failed in a fresh process:\n{result.stdout[-4000:]}{result.stderr[-2000:]}"
+    return False
+
+
+@pytest.mark.timeout(600)
 def test_ddp_two_cpu_ranks_stay_in_sync(tmp_path):
+    if not in_fresh_process("test_ddp_two_cpu_ranks_stay_in_sync", tmp_path):
+        return
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_fork_find_unused_parameters_true",
                         max_epochs=-1, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, use_distributed_sampler=False,
@@ -426,8 +445,10 @@ def test_ddp_two_cpu_ranks_stay_in_sync(tmp_path):
     assert load_generator(tmp_path / "generator.safetensors")[1]["cur_nimg"] == 3 * 2 * BATCH
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_ddp_without_find_unused_parameters_fails_with_the_fix(tmp_path):
+    if not in_fresh_process("test_ddp_without_find_unused_parameters_fails_with_the_fix", tmp_path):
+        return
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_fork", max_epochs=-1, default_root_dir=tmp_path,
                         logger=False, enable_progress_bar=False, enable_model_summary=False,
                         use_distributed_sampler=False, callbacks=[CPUThreads(1)])
