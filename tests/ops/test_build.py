@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import natten_ops
 from natten_ops import _build
@@ -63,3 +64,29 @@ def test_module_build_command():
     result = subprocess.run([sys.executable, "-m", "natten_ops", "build"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert str(_build.module_path(_build.CPU_EXTENSION)) in result.stdout
+
+
+def test_cuda_architectures_come_from_the_environment_or_a_clear_error(monkeypatch):
+    monkeypatch.setenv(_build.ARCH_ENV, "8.0;9.0")
+    assert _build.cuda_arch_list() == "8.0;9.0"
+    key = _build.build_key(_build.cuda_extension())
+    monkeypatch.setenv(_build.ARCH_ENV, "9.0")
+    assert _build.build_key(_build.cuda_extension()) != key  # the architectures are part of the cache key
+    if not torch.cuda.is_available():
+        monkeypatch.delenv(_build.ARCH_ENV)
+        with pytest.raises(_build.BuildError, match="TORCH_CUDA_ARCH_LIST"):
+            _build.cuda_extension()
+
+
+@pytest.mark.skipif(_build.cuda_home() is None, reason="no CUDA toolkit (nvcc) on this machine")
+def test_cuda_extension_builds_and_checks_its_inputs(monkeypatch):
+    """The CUDA kernels compile here (CI builds them first, so this is a cache hit there) and reject
+    a CPU tensor with a message instead of touching its memory from the GPU."""
+    monkeypatch.setenv(_build.ARCH_ENV, "8.0;9.0")  # .ci/run's architectures: the same cache entry
+    ext = _build.load_cuda()
+    q = torch.randn(1, 1, 7, 7, 8)
+    table = torch.tensor([[0, 1, 3, 3, 1, 1]])
+    with pytest.raises(RuntimeError, match="q must be a CUDA tensor"):
+        ext.na2d_forward(q, q, q, table, [], 1.0)
+    with pytest.raises(RuntimeError, match="q must be a CUDA tensor"):
+        ext.na2d_qk_forward(q, q, table, q.new_empty(0))
