@@ -23,3 +23,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def offline_metrics(monkeypatch, tmp_path_factory):
+    """No network, no download, no user files: metrics code runs against a private cache."""
+    from stylenat.metrics import weights
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a test tried to download a file")
+
+    monkeypatch.setattr(weights, "network_reachable", lambda url, timeout=3.0: False)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    monkeypatch.setenv("STYLENAT_CACHE", str(tmp_path_factory.mktemp("stylenat-cache")))
+    monkeypatch.delenv(weights.WEIGHTS_ENV, raising=False)

@@ -83,4 +83,58 @@ inline GroupSpec single_group(const at::Tensor& table, const at::Tensor& ref, co
   return parse_groups(table, rpbs, ref)[0];
 }
 
+// Accumulation / log-sum-exp dtype of inputs of dtype x: float64 for float64, else float32.
+inline at::ScalarType acc_scalar_type(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// The checks every kernel family makes of each entry point's arguments, after its own check of the first
+// tensor (device, dtype, layout): the other tensors match it, and the groups / bias tables are valid.
+
+inline std::vector<GroupSpec> check_na2d(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                         const at::Tensor& group_table, const std::vector<at::Tensor>& rpbs) {
+  check_like(k, q, "k");
+  check_like(v, q, "v");
+  return parse_groups(group_table, rpbs, q);
+}
+
+inline std::vector<GroupSpec> check_na2d_backward(const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k,
+                                                  const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+                                                  const at::Tensor& group_table,
+                                                  const std::vector<at::Tensor>& rpbs) {
+  check_like(out, q, "out");
+  check_like(dout, q, "grad_out");
+  TORCH_CHECK(lse.is_contiguous() && lse.device() == q.device() && lse.scalar_type() == acc_scalar_type(q) &&
+                  lse.numel() == q.numel() / q.size(4),
+              "lse must be the [B, heads, H, W] tensor na2d_forward returned");
+  return check_na2d(q, k, v, group_table, rpbs);
+}
+
+inline GroupSpec check_na2d_qk(const at::Tensor& q, const at::Tensor& k, const at::Tensor& group_table,
+                               const at::Tensor& rpb = at::Tensor()) {
+  check_like(k, q, "k");
+  return single_group(group_table, q, rpb);
+}
+
+inline GroupSpec check_na2d_qk_backward(const at::Tensor& dattn, const at::Tensor& q, const at::Tensor& k,
+                                        const at::Tensor& group_table) {
+  check_like(dattn, q, "grad_attn", false);
+  const GroupSpec g = check_na2d_qk(q, k, group_table);
+  TORCH_CHECK(dattn.size(4) == g.shape.kernel_area(), "grad_attn must have kernel_h * kernel_w slots");
+  return g;
+}
+
+inline GroupSpec check_na2d_av(const at::Tensor& attn, const at::Tensor& v, const at::Tensor& group_table) {
+  check_like(attn, v, "attn", false);
+  const GroupSpec g = single_group(group_table, v);
+  TORCH_CHECK(attn.size(4) == g.shape.kernel_area(), "attn must have kernel_h * kernel_w slots");
+  return g;
+}
+
+inline GroupSpec check_na2d_av_backward(const at::Tensor& dout, const at::Tensor& attn, const at::Tensor& v,
+                                        const at::Tensor& group_table) {
+  check_like(dout, v, "grad_out");
+  return check_na2d_av(attn, v, group_table);
+}
+
 }  // namespace natten_ops

@@ -87,7 +87,42 @@ class KimgSchedule:
         self._written = nimg
 
 
-class ImageGrids(Callback):
+class KimgScheduled:
+    """The hooks of a callback driven by a :class:`KimgSchedule` (``self.schedule``): ``self._act(trainer,
+    pl_module)`` runs after every step that passes a multiple of the interval and when training ends (if
+    ``self._acts_at_end()``), each act recorded in the schedule. Mix in before the Lightning base class."""
+
+    schedule: KimgSchedule
+
+    def _act(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        raise NotImplementedError
+
+    def _acts_at_end(self) -> bool:
+        return True
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self.schedule.start(pl_module.cur_nimg)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self.schedule.step_begins(pl_module.cur_nimg)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.schedule.due(pl_module.cur_nimg):
+            self._scheduled_act(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._acts_at_end() and self.schedule.due_at_end(pl_module.cur_nimg):
+            self._scheduled_act(trainer, pl_module)
+
+    def _scheduled_act(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.schedule.written(pl_module.cur_nimg)
+        self._act(trainer, pl_module)
+
+
+class ImageGrids(KimgScheduled, Callback):
     """Sample grids: ``reals.png`` (a seeded choice of training images) when training starts,
     ``fakes_init.png`` before the first step, and ``fakes<kimg:06d>.png`` every ``every_kimg`` and at the end,
     all from the same fixed latents through ``G_ema`` (no truncation). Also logged to every TensorBoard logger
@@ -109,7 +144,7 @@ class ImageGrids(Callback):
         self._dir = run_dir(trainer)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.schedule.start(pl_module.cur_nimg)
+        super().on_train_start(trainer, pl_module)
         if self.schedule.every_kimg is None or not trainer.is_global_zero:
             return
         dataset = trainer.train_dataloader.dataset
@@ -119,21 +154,10 @@ class ImageGrids(Callback):
         if pl_module.cur_nimg == 0:
             self._write(trainer, pl_module, "fakes", "fakes_init.png", self._fakes(pl_module))
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
-        self.schedule.step_begins(pl_module.cur_nimg)
+    def _acts_at_end(self) -> bool:
+        return self.schedule.every_kimg is not None  # None: no grids at all
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        if self.schedule.due(pl_module.cur_nimg):
-            self._snapshot(trainer, pl_module)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.schedule.every_kimg is not None and self.schedule.due_at_end(pl_module.cur_nimg):
-            self._snapshot(trainer, pl_module)
-
-    def _snapshot(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.schedule.written(pl_module.cur_nimg)
+    def _act(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
             name = f"fakes{pl_module.cur_nimg // 1000:06d}.png"
             self._write(trainer, pl_module, "fakes", name, self._fakes(pl_module))
@@ -163,7 +187,7 @@ def _image(item: Any) -> Tensor:
     return item[0] if isinstance(item, (tuple, list)) else item
 
 
-class GeneratorExport(Callback):
+class GeneratorExport(KimgScheduled, Callback):
     """Export ``G_ema`` with :func:`stylenat.models.save_generator` as ``network-snapshot-<kimg:06d>.safetensors``
     and ``generator.safetensors`` (always the latest) every ``every_kimg`` (None: never) and when training ends.
     The export records ``cur_nimg``."""
@@ -175,24 +199,7 @@ class GeneratorExport(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._dir = run_dir(trainer)
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.schedule.start(pl_module.cur_nimg)
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
-        self.schedule.step_begins(pl_module.cur_nimg)
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        if self.schedule.due(pl_module.cur_nimg):
-            self._export(trainer, pl_module)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.schedule.due_at_end(pl_module.cur_nimg):
-            self._export(trainer, pl_module)
-
-    def _export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.schedule.written(pl_module.cur_nimg)
+    def _act(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         assert self._dir is not None
@@ -202,7 +209,7 @@ class GeneratorExport(Callback):
             save_generator(pl_module.G_ema, self._dir / name, hp.generator, dict(hp.generator_kwargs or {}), info)
 
 
-class KimgCheckpoint(ModelCheckpoint):
+class KimgCheckpoint(KimgScheduled, ModelCheckpoint):
     """Lightning's :class:`ModelCheckpoint` writing ``last.ckpt`` every ``every_n_kimg`` thousand images and when
     training ends (the stock one counts ``global_step``, which is two optimizer steps per GAN step, and does not
     save at the end once it has saved before). ``--ckpt_path last`` finds the file in ``dirpath`` (default: the
@@ -221,25 +228,7 @@ class KimgCheckpoint(ModelCheckpoint):
         self.every_n_kimg = every_n_kimg
         self.schedule = KimgSchedule(every_n_kimg)
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_train_start(trainer, pl_module)
-        self.schedule.start(pl_module.cur_nimg)
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
-        self.schedule.step_begins(pl_module.cur_nimg)
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        if self.schedule.due(pl_module.cur_nimg):
-            self._save_last(trainer, pl_module)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.schedule.due_at_end(pl_module.cur_nimg):
-            self._save_last(trainer, pl_module)
-
-    def _save_last(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.schedule.written(pl_module.cur_nimg)
+    def _act(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._should_skip_saving_checkpoint(trainer):  # fast_dev_run, sanity check, not fitting
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 

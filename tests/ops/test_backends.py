@@ -6,8 +6,8 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from na_testing import (CASES, assert_matches_reference, make_inputs, na2d_with_grads, na_problems,
-                        unfused_with_grads)
+from na_testing import (CASES, assert_matches_reference, assert_unfused_matches_reference, make_inputs,
+                        na2d_with_grads, na_problems)
 
 import natten_ops
 from natten_ops import HeadGroup
@@ -24,12 +24,7 @@ def test_cpu_na2d_sweep(problem, seed):
 
 @pytest.mark.parametrize("B, heads, H, W, D, kernel, dilation, with_rpb", CASES[:5])
 def test_cpu_unfused_ops_match_reference(B, heads, H, W, D, kernel, dilation, with_rpb):
-    q, k, v, rpb = make_inputs(B, heads, H, W, D, kernel, dilation, with_rpb)
-    attn = torch.softmax(torch.randn(B, heads, H, W, kernel[0] * kernel[1], dtype=torch.float64), -1)
-    results = {backend: unfused_with_grads(backend, q, k, v, rpb, attn, kernel, dilation)
-               for backend in ("reference", "cpu")}
-    for got, expected in zip(results["cpu"], results["reference"]):
-        torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+    assert_unfused_matches_reference("cpu", B, heads, H, W, D, kernel, dilation, with_rpb)
 
 
 def test_hydra_groups_equal_separate_calls():

@@ -11,10 +11,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from na_testing import CASES, assert_matches_reference, make_inputs, na_problems, unfused_with_grads
+from na_testing import (CASES, assert_head_groups_match_reference, assert_matches_reference,
+                        assert_unfused_matches_reference, make_inputs, na_problems)
 
-import natten_ops
-from natten_ops import HeadGroup, _build, functional
+from natten_ops import _build, functional
 
 HARNESS = "cuda-harness"
 
@@ -40,25 +40,11 @@ def test_fused_sweep(problem, seed):
 
 @pytest.mark.parametrize("B, heads, H, W, D, kernel, dilation, with_rpb", CASES[:5])
 def test_unfused_match_reference(B, heads, H, W, D, kernel, dilation, with_rpb):
-    q, k, v, rpb = make_inputs(B, heads, H, W, D, kernel, dilation, with_rpb)
-    attn = torch.softmax(torch.randn(B, heads, H, W, kernel[0] * kernel[1], dtype=torch.float64), -1)
-    expected = unfused_with_grads("reference", q, k, v, rpb, attn, kernel, dilation)
-    for got, want in zip(unfused_with_grads(HARNESS, q, k, v, rpb, attn, kernel, dilation), expected):
-        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    assert_unfused_matches_reference(HARNESS, B, heads, H, W, D, kernel, dilation, with_rpb)
 
 
 def test_head_groups_match_reference():
-    q, k, v, _ = make_inputs(2, 5, 12, 13, 8, (5, 5), (1, 1), False)
-    gen = torch.Generator().manual_seed(4)
-    rpbs = [torch.randn(2, 9, 9, generator=gen, dtype=torch.float64), torch.randn(3, 5, 9, generator=gen, dtype=torch.float64)]
-    grads = {}
-    for backend in ("reference", HARNESS):
-        leaves = [t.clone().requires_grad_() for t in (q, k, v, *rpbs)]
-        groups = [HeadGroup(2, 5, 2, leaves[3]), HeadGroup(3, (3, 5), (4, 2), leaves[4])]
-        out = natten_ops.na2d_grouped(*leaves[:3], groups, backend=backend)
-        grads[backend] = (out, *torch.autograd.grad((out * out.detach().sin()).sum(), leaves))
-    for got, expected in zip(grads[HARNESS], grads["reference"]):
-        torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+    assert_head_groups_match_reference(HARNESS)
 
 
 def test_harness_rejects_what_the_cuda_kernels_reject():

@@ -12,7 +12,6 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader, TensorDataset
 
-from stylenat.metrics import weights
 from stylenat.models.generator import create_generator
 from stylenat.training import metrics_callback
 from stylenat.training.metrics_callback import MetricsCallback
@@ -27,13 +26,8 @@ def tiny_factory(mode, device):
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path_factory):
-    def no_download(*args, **kwargs):
-        raise AssertionError("a test tried to download a file")
-
-    monkeypatch.setattr(weights, "network_reachable", lambda url, timeout=3.0: False)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
-    monkeypatch.setenv("STYLENAT_CACHE", str(tmp_path_factory.mktemp("stylenat-cache")))
+def offline(offline_metrics):
+    """See ``offline_metrics`` in tests/conftest.py."""
 
 
 class DummyGAN(LightningModule):

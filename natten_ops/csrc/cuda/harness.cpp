@@ -58,9 +58,7 @@ std::vector<Tensor> na2d_forward(const Tensor& q, const Tensor& k, const Tensor&
                                  const std::vector<Tensor>& rpbs, double scale) {
   int64_t batch;
   const Plane p = checked_plane(q, "q", &batch);
-  check_like(k, q, "k");
-  check_like(v, q, "v");
-  const auto groups = parse_groups(group_table, rpbs, q);
+  const auto groups = check_na2d(q, k, v, group_table, rpbs);
   Tensor out = at::empty_like(q), lse = at::empty({batch, p.heads, p.height, p.width}, q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_forward_harness", [&] {
     for (const GroupSpec& g : groups)
@@ -78,11 +76,7 @@ std::vector<Tensor> na2d_backward(const Tensor& dout, const Tensor& q, const Ten
                                   const std::vector<Tensor>& rpbs, double scale) {
   int64_t batch;
   const Plane p = checked_plane(q, "q", &batch);
-  check_like(k, q, "k");
-  check_like(v, q, "v");
-  check_like(out, q, "out");
-  check_like(dout, q, "grad_out");
-  const auto groups = parse_groups(group_table, rpbs, q);
+  const auto groups = check_na2d_backward(dout, q, k, v, out, lse, group_table, rpbs);
   const int64_t rows = batch * p.heads * p.height * p.width;
   Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v), delta = at::empty({rows}, q.options());
   std::vector<Tensor> result{dq, dk, dv};
@@ -118,8 +112,7 @@ std::vector<Tensor> na2d_backward(const Tensor& dout, const Tensor& q, const Ten
 Tensor na2d_qk_forward(const Tensor& q, const Tensor& k, const Tensor& group_table, const Tensor& rpb) {
   int64_t batch;
   const Plane p = checked_plane(q, "q", &batch);
-  check_like(k, q, "k");
-  const GroupSpec g = single_group(group_table, q, rpb);
+  const GroupSpec g = check_na2d_qk(q, k, group_table, rpb);
   const int64_t area = g.shape.kernel_area();
   Tensor attn = at::empty({batch, p.heads, p.height, p.width, area}, q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_qk_forward_harness", [&] {
@@ -138,9 +131,7 @@ std::vector<Tensor> na2d_qk_backward(const Tensor& dattn, const Tensor& q, const
                                      bool has_rpb) {
   int64_t batch;
   const Plane p = checked_plane(q, "q", &batch);
-  check_like(k, q, "k");
-  check_like(dattn, q, "grad_attn", false);
-  const GroupSpec g = single_group(group_table, q);
+  const GroupSpec g = check_na2d_qk_backward(dattn, q, k, group_table);
   const HeadShape& s = g.shape;
   Tensor dq = at::empty_like(q), dk = at::empty_like(k);
   Tensor drpb = has_rpb ? at::zeros({p.heads, 2 * s.kernel_h - 1, 2 * s.kernel_w - 1}, q.options())
@@ -170,9 +161,7 @@ std::vector<Tensor> na2d_qk_backward(const Tensor& dattn, const Tensor& q, const
 Tensor na2d_av_forward(const Tensor& attn, const Tensor& v, const Tensor& group_table) {
   int64_t batch;
   const Plane p = checked_plane(v, "v", &batch);
-  check_like(attn, v, "attn", false);
-  const GroupSpec g = single_group(group_table, v);
-  TORCH_CHECK(attn.size(4) == g.shape.kernel_area(), "attn must have kernel_h * kernel_w slots");
+  const GroupSpec g = check_na2d_av(attn, v, group_table);
   Tensor out = at::empty_like(v);
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "na2d_av_forward_harness", [&] {
     for_each_position(batch, p, 0, p.heads, [&](int64_t plane, int64_t i, int64_t j) {
@@ -188,10 +177,7 @@ std::vector<Tensor> na2d_av_backward(const Tensor& dout, const Tensor& attn, con
                                      const Tensor& group_table) {
   int64_t batch;
   const Plane p = checked_plane(v, "v", &batch);
-  check_like(dout, v, "grad_out");
-  check_like(attn, v, "attn", false);
-  const GroupSpec g = single_group(group_table, v);
-  TORCH_CHECK(attn.size(4) == g.shape.kernel_area(), "attn must have kernel_h * kernel_w slots");
+  const GroupSpec g = check_na2d_av_backward(dout, attn, v, group_table);
   const int64_t area = g.shape.kernel_area();
   Tensor dattn = at::empty_like(attn), dv = at::empty_like(v);
   AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "na2d_av_backward_harness", [&] {

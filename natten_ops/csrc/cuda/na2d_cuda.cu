@@ -59,6 +59,19 @@ struct GroupPlanes {
   __device__ int64_t group_head(int64_t y) const { return y % group_heads; }
 };
 
+// This thread's place in the fused kernels: the query (or key) its team owns in tile `tile` of the plane
+// of block row blockIdx.y, teams of `lanes` consecutive threads.
+struct TeamPosition {
+  int64_t plane, i, j;
+  int lane;
+  bool valid;  // false past the end of the plane
+  __device__ TeamPosition(const GroupPlanes& g, const Plane& p, int lanes, int64_t tile) {
+    const int64_t index = tile * (kThreads / lanes) + threadIdx.x / lanes;
+    plane = g.plane(blockIdx.y), i = index / p.width, j = index % p.width;
+    lane = threadIdx.x % lanes, valid = index < p.height * p.width;
+  }
+};
+
 template <typename T>
 __device__ FusedArgs<T> for_head(FusedArgs<T> a, const HeadShape& s, int64_t group_head) {
   if (a.bias) a.bias += group_head * s.bias_area();
@@ -71,13 +84,11 @@ __device__ FusedArgs<T> for_head(FusedArgs<T> a, const HeadShape& s, int64_t gro
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
 fused_forward_kernel(FusedArgs<T> args, T* out, acc_t<T>* lse, HeadShape s, Plane p, GroupPlanes g, int lanes) {
-  const int teams = kThreads / lanes, team = threadIdx.x / lanes, lane = threadIdx.x % lanes;
-  const int64_t index = static_cast<int64_t>(blockIdx.x) * teams + team, plane = g.plane(blockIdx.y);
-  const bool valid = index < p.height * p.width;
-  const unsigned mask = __ballot_sync(0xffffffffu, valid);
-  if (!valid) return;
-  fused_forward_query<kSlots>(for_head(args, s, g.group_head(blockIdx.y)), out, lse, s, p, plane,
-                              index / p.width, index % p.width, lane, lanes, TeamSum<acc_t<T>>{mask, lanes});
+  const TeamPosition t(g, p, lanes, blockIdx.x);
+  const unsigned mask = __ballot_sync(0xffffffffu, t.valid);
+  if (!t.valid) return;
+  fused_forward_query<kSlots>(for_head(args, s, g.group_head(blockIdx.y)), out, lse, s, p, t.plane, t.i, t.j,
+                              t.lane, lanes, TeamSum<acc_t<T>>{mask, lanes});
 }
 
 // delta[row] = grad_out[row] . out[row]
@@ -98,18 +109,17 @@ fused_grad_query_kernel(FusedArgs<T> args, T* grad_q, acc_t<T>* bias_partial, He
   extern __shared__ __align__(16) unsigned char shared_bytes[];
   Acc* team_bias = reinterpret_cast<Acc*>(shared_bytes);  // [teams][bias_area] when bias_partial
   const int teams = kThreads / lanes, team = threadIdx.x / lanes, lane = threadIdx.x % lanes;
-  const int64_t area = s.bias_area(), plane = g.plane(blockIdx.y);
+  const int64_t area = s.bias_area();
   const FusedArgs<T> a = for_head(args, s, g.group_head(blockIdx.y));
   if (bias_partial)
     for (int64_t e = threadIdx.x; e < teams * area; e += kThreads) team_bias[e] = 0;
   __syncthreads();
   Acc* my_bias = team_bias + team * area;
-  for (int t = 0; t < kQueriesPerTeam; ++t) {
-    const int64_t index = (static_cast<int64_t>(blockIdx.x) * kQueriesPerTeam + t) * teams + team;
-    const bool valid = index < p.height * p.width;
-    const unsigned mask = __ballot_sync(0xffffffffu, valid);
-    if (!valid) continue;
-    fused_grad_query<kSlots>(a, grad_q, s, p, plane, index / p.width, index % p.width, lane, lanes,
+  for (int visit = 0; visit < kQueriesPerTeam; ++visit) {
+    const TeamPosition t(g, p, lanes, static_cast<int64_t>(blockIdx.x) * kQueriesPerTeam + visit);
+    const unsigned mask = __ballot_sync(0xffffffffu, t.valid);
+    if (!t.valid) continue;
+    fused_grad_query<kSlots>(a, grad_q, s, p, t.plane, t.i, t.j, lane, lanes,
                              TeamSum<Acc>{mask, lanes}, [&](int64_t entry, Acc dlogit) {
                                if (bias_partial && lane == 0) my_bias[entry] += dlogit;
                              });
@@ -127,13 +137,11 @@ fused_grad_query_kernel(FusedArgs<T> args, T* grad_q, acc_t<T>* bias_partial, He
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
 fused_grad_key_kernel(FusedArgs<T> args, T* grad_k, T* grad_v, HeadShape s, Plane p, GroupPlanes g, int lanes) {
-  const int teams = kThreads / lanes, team = threadIdx.x / lanes, lane = threadIdx.x % lanes;
-  const int64_t index = static_cast<int64_t>(blockIdx.x) * teams + team, plane = g.plane(blockIdx.y);
-  const bool valid = index < p.height * p.width;
-  const unsigned mask = __ballot_sync(0xffffffffu, valid);
-  if (!valid) return;
-  fused_grad_key<kSlots>(for_head(args, s, g.group_head(blockIdx.y)), grad_k, grad_v, s, p, plane,
-                         index / p.width, index % p.width, lane, lanes, TeamSum<acc_t<T>>{mask, lanes});
+  const TeamPosition t(g, p, lanes, blockIdx.x);
+  const unsigned mask = __ballot_sync(0xffffffffu, t.valid);
+  if (!t.valid) return;
+  fused_grad_key<kSlots>(for_head(args, s, g.group_head(blockIdx.y)), grad_k, grad_v, s, p, t.plane, t.i, t.j,
+                         t.lane, lanes, TeamSum<acc_t<T>>{mask, lanes});
 }
 
 // grad_bias[h][e] = sum over batch and blocks of partial[b * group_heads + h][block][e], in a fixed order.
@@ -235,8 +243,6 @@ Plane checked_plane(const Tensor& x, const char* name, int64_t* batch) {
   return p;
 }
 
-at::ScalarType acc_scalar_type(const Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-
 at::TensorOptions acc_options(const Tensor& x) { return x.options().dtype(acc_scalar_type(x)); }
 
 template <typename T>
@@ -257,9 +263,7 @@ std::vector<Tensor> na2d_forward(const Tensor& q, const Tensor& k, const Tensor&
   int64_t batch;
   const Plane p = checked_plane(q, "q", &batch);
   TORCH_CHECK(p.dim <= kMaxHeadDim, "natten_ops cuda: head_dim must be <= ", kMaxHeadDim, ", got ", p.dim);
-  check_like(k, q, "k");
-  check_like(v, q, "v");
-  const auto groups = parse_groups(group_table, rpbs, q);
+  const auto groups = check_na2d(q, k, v, group_table, rpbs);
   const c10::cuda::CUDAGuard guard(q.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   Tensor out = at::empty_like(q);
@@ -283,14 +287,7 @@ std::vector<Tensor> na2d_backward(const Tensor& dout, const Tensor& q, const Ten
   int64_t batch;
   const Plane p = checked_plane(q, "q", &batch);
   TORCH_CHECK(p.dim <= kMaxHeadDim, "natten_ops cuda: head_dim must be <= ", kMaxHeadDim, ", got ", p.dim);
-  check_like(k, q, "k");
-  check_like(v, q, "v");
-  check_like(out, q, "out");
-  check_like(dout, q, "grad_out");
-  TORCH_CHECK(lse.is_contiguous() && lse.device() == q.device() && lse.scalar_type() == acc_scalar_type(q) &&
-                  lse.numel() == batch * p.heads * p.height * p.width,
-              "lse must be the [B, heads, H, W] tensor na2d_forward returned");
-  const auto groups = parse_groups(group_table, rpbs, q);
+  const auto groups = check_na2d_backward(dout, q, k, v, out, lse, group_table, rpbs);
   const c10::cuda::CUDAGuard guard(q.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t rows = batch * p.heads * p.height * p.width;
@@ -339,8 +336,7 @@ std::vector<Tensor> na2d_backward(const Tensor& dout, const Tensor& q, const Ten
 Tensor na2d_qk_forward(const Tensor& q, const Tensor& k, const Tensor& group_table, const Tensor& rpb) {
   int64_t batch;
   const Plane p = checked_plane(q, "q", &batch);
-  check_like(k, q, "k");
-  const GroupSpec g = single_group(group_table, q, rpb);
+  const GroupSpec g = check_na2d_qk(q, k, group_table, rpb);
   const c10::cuda::CUDAGuard guard(q.device());
   const int64_t rows = batch * p.heads * p.height * p.width;
   Tensor attn = at::empty({batch, p.heads, p.height, p.width, g.shape.kernel_area()}, q.options());
@@ -357,10 +353,7 @@ std::vector<Tensor> na2d_qk_backward(const Tensor& dattn, const Tensor& q, const
                                      bool has_rpb) {
   int64_t batch;
   const Plane p = checked_plane(q, "q", &batch);
-  check_like(k, q, "k");
-  check_like(dattn, q, "grad_attn", false);
-  const GroupSpec g = single_group(group_table, q);
-  TORCH_CHECK(dattn.size(4) == g.shape.kernel_area(), "grad_attn must have kernel_h * kernel_w slots");
+  const GroupSpec g = check_na2d_qk_backward(dattn, q, k, group_table);
   const c10::cuda::CUDAGuard guard(q.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t rows = batch * p.heads * p.height * p.width;
@@ -387,9 +380,7 @@ std::vector<Tensor> na2d_qk_backward(const Tensor& dattn, const Tensor& q, const
 Tensor na2d_av_forward(const Tensor& attn, const Tensor& v, const Tensor& group_table) {
   int64_t batch;
   const Plane p = checked_plane(v, "v", &batch);
-  check_like(attn, v, "attn", false);
-  const GroupSpec g = single_group(group_table, v);
-  TORCH_CHECK(attn.size(4) == g.shape.kernel_area(), "attn must have kernel_h * kernel_w slots");
+  const GroupSpec g = check_na2d_av(attn, v, group_table);
   const c10::cuda::CUDAGuard guard(v.device());
   Tensor out = at::empty_like(v);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "na2d_av_forward_cuda", [&] {
@@ -405,10 +396,7 @@ std::vector<Tensor> na2d_av_backward(const Tensor& dout, const Tensor& attn, con
                                      const Tensor& group_table) {
   int64_t batch;
   const Plane p = checked_plane(v, "v", &batch);
-  check_like(dout, v, "grad_out");
-  check_like(attn, v, "attn", false);
-  const GroupSpec g = single_group(group_table, v);
-  TORCH_CHECK(attn.size(4) == g.shape.kernel_area(), "attn must have kernel_h * kernel_w slots");
+  const GroupSpec g = check_na2d_av_backward(dout, attn, v, group_table);
   const c10::cuda::CUDAGuard guard(v.device());
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const int64_t rows = batch * p.heads * p.height * p.width;

@@ -4,33 +4,34 @@ random state alone, and its Fréchet distance tells real digits from corrupted o
 import pytest
 import torch
 
-from stylenat.metrics import digits, feature_stats, frechet_distance
+from stylenat.metrics import feature_stats, frechet_distance
+from stylenat.training import nat_digits
 
-TINY = {**digits.RECIPE, "epochs": 1, "depths": [1, 1, 1]}
+TINY = {**nat_digits.RECIPE, "epochs": 1, "depths": [1, 1, 1]}
 
 
 def test_trains_once_then_loads_from_cache(tmp_path, monkeypatch):
     state = torch.get_rng_state()
-    model = digits.cached_digits_classifier(TINY, cache_dir=tmp_path, verbose=False)
+    model = nat_digits.cached_digits_classifier(TINY, cache_dir=tmp_path, verbose=False)
     assert torch.equal(torch.get_rng_state(), state), "training must not consume the caller's random numbers"
     (cached,) = tmp_path.glob("nat_digits-*.safetensors")
     assert not list(tmp_path.glob("*.tmp")), "the cache file is published atomically"
-    monkeypatch.setattr(digits, "train_digits_classifier", lambda recipe: pytest.fail("trained again"))
-    again = digits.cached_digits_classifier(TINY, cache_dir=tmp_path, verbose=False)
+    monkeypatch.setattr(nat_digits, "train_digits_classifier", lambda recipe: pytest.fail("trained again"))
+    again = nat_digits.cached_digits_classifier(TINY, cache_dir=tmp_path, verbose=False)
     assert torch.equal(torch.get_rng_state(), state), "loading must not consume the caller's random numbers"
     for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
         assert torch.equal(a, b), name
 
 
 def test_recipe_change_is_a_different_cache_entry(tmp_path):
-    digits.cached_digits_classifier(TINY, cache_dir=tmp_path, verbose=False)
-    digits.cached_digits_classifier({**TINY, "seed": 1}, cache_dir=tmp_path, verbose=False)
+    nat_digits.cached_digits_classifier(TINY, cache_dir=tmp_path, verbose=False)
+    nat_digits.cached_digits_classifier({**TINY, "seed": 1}, cache_dir=tmp_path, verbose=False)
     assert len(list(tmp_path.glob("nat_digits-*.safetensors"))) == 2
 
 
 def test_extractor_protocol_and_preprocessing(tmp_path):
-    model = digits.cached_digits_classifier(TINY, cache_dir=tmp_path, verbose=False)
-    extractor = digits.ClassifierFeatures(model, name="nat_digits", resolution=32)
+    model = nat_digits.cached_digits_classifier(TINY, cache_dir=tmp_path, verbose=False)
+    extractor = nat_digits.ClassifierFeatures(model, name="nat_digits", resolution=32)
     images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
     features = extractor(images)
     assert features.shape == (5, extractor.feature_dim) == (5, 128) and features.dtype == torch.float32
@@ -40,21 +41,21 @@ def test_extractor_protocol_and_preprocessing(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         extractor(images.float())
     with pytest.raises(ValueError, match="clean-fid mode"):
-        digits.nat_digits_extractor(mode="bicubic")
+        nat_digits.nat_digits_extractor(mode="bicubic")
 
 
 @pytest.mark.slow
 def test_default_recipe_is_accurate_and_separates_real_from_corrupted(tmp_path, monkeypatch):
     monkeypatch.setenv("STYLENAT_CACHE", str(tmp_path))
-    extractor = digits.nat_digits_extractor()
-    test_images, test_labels = digits._split_tensors("test", 32)
-    assert digits.accuracy(extractor.model, test_images, test_labels) >= 0.95
+    extractor = nat_digits.nat_digits_extractor()
+    test_images, test_labels = nat_digits._split_tensors("test", 32)
+    assert nat_digits.accuracy(extractor.model, test_images, test_labels) >= 0.95
 
     def stats(images):  # images in [-1, 1] -> uint8 -> features -> (mu, sigma)
         uint8 = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
         return feature_stats(extractor(uint8).numpy())
 
-    train_images, _ = digits._split_tensors("train", 32)
+    train_images, _ = nat_digits._split_tensors("train", 32)
     real = stats(train_images)
     same = frechet_distance(*real, *stats(test_images))
     blurred = frechet_distance(*real, *stats(torch.nn.functional.avg_pool2d(test_images, 4, 1, 2)[..., :32, :32]))

@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from stylenat.metrics.extractors import MODES, check_images
 from stylenat.metrics.reference import stats_cache_dir
 from stylenat.models.checkpoint import save_safetensors_atomic
 from stylenat.models.nat import NAT, create_model
+from stylenat.training.classifier import param_groups, warmup_cosine
 
 NAME = "nat_digits"
 PREPROCESSING = f"native{NATIVE_RESOLUTION}"  # the extractor's own label in place of a clean-fid mode
@@ -69,24 +71,20 @@ def accuracy(model: NAT, images: Tensor, labels: Tensor, batch_size: int = 256) 
 def train_digits_classifier(recipe: dict[str, Any] = RECIPE) -> tuple[NAT, float]:
     """Train the recipe's NAT on the digits train split; returns it (in eval mode) and its test accuracy.
 
-    AdamW (no weight decay on RPB tables, norms and biases), a linear warm-up then a cosine to zero,
-    stepped per iteration, label smoothing. Deterministic for a thread count: every random draw comes
-    from ``recipe["seed"]`` inside a forked RNG, so the caller's random state is left as it was.
+    The classifier recipe's pieces (:func:`~stylenat.training.classifier.param_groups`,
+    :func:`~stylenat.training.classifier.warmup_cosine` stepped per iteration) with label smoothing.
+    Deterministic for a thread count: every random draw comes from ``recipe["seed"]`` inside a forked
+    RNG, so the caller's random state is left as it was.
     """
     images, labels = _split_tensors("train", recipe["resolution"])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe["seed"])
         model = _build(recipe)
-        skip = model.no_weight_decay()
-        params = dict(model.named_parameters())
-        decay = [p for n, p in params.items() if p.ndim >= 2 and n not in skip]
-        no_decay = [p for n, p in params.items() if p.ndim < 2 or n in skip]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe["weight_decay"]},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=recipe["lr"])
+        optimizer = torch.optim.AdamW(param_groups(model, recipe["weight_decay"]), lr=recipe["lr"])
         steps_per_epoch = math.ceil(len(images) / recipe["batch_size"])
-        warmup, total = recipe["warmup_epochs"] * steps_per_epoch, recipe["epochs"] * steps_per_epoch
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (step + 1) / warmup if step < warmup
-                                                     else 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup))))
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
+            warmup_cosine, warmup_steps=recipe["warmup_epochs"] * steps_per_epoch,
+            total_steps=recipe["epochs"] * steps_per_epoch))
         model.train()
         for _ in range(recipe["epochs"]):
             for batch in torch.randperm(len(images)).split(recipe["batch_size"]):
@@ -147,7 +145,7 @@ class ClassifierFeatures:
 
 
 def nat_digits_extractor(mode: str = "clean", device: str | torch.device = "cpu") -> ClassifierFeatures:
-    """The ``nat_digits`` extractor (a factory for ``build_extractor("stylenat.metrics.digits:nat_digits_extractor")``).
+    """The ``nat_digits`` extractor (a factory for ``build_extractor("stylenat.training.nat_digits:nat_digits_extractor")``).
 
     ``mode`` is accepted because every extractor factory receives the configured clean-fid mode; this
     extractor has one preprocessing of its own (``"native32"``, recorded in every metric record) and ignores it.
