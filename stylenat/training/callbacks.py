@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import tempfile
@@ -23,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
@@ -32,7 +30,9 @@ from lightning.pytorch.plugins import TorchCheckpointIO
 from PIL import Image
 from torch import Tensor
 
+from stylenat.metrics import to_uint8
 from stylenat.models.checkpoint import save_generator
+from stylenat.sampling import image_grid
 
 
 def crossed(nimg_before: int, nimg_after: int, every_kimg: float | None) -> bool:
@@ -50,15 +50,6 @@ def crossed(nimg_before: int, nimg_after: int, every_kimg: float | None) -> bool
 def run_dir(trainer: L.Trainer) -> Path:
     """The run directory; call on every rank (``trainer.log_dir`` is a collective under DDP)."""
     return Path(trainer.log_dir or trainer.default_root_dir)
-
-
-def image_grid(images: Tensor, columns: int) -> np.ndarray:
-    """Images ``[N, 3, H, W]`` in [-1, 1] -> uint8 ``[rows * H, columns * W, 3]``, row-major, no padding."""
-    n, c, h, w = images.shape
-    rows = math.ceil(n / columns)
-    images = torch.cat([images, images.new_full((rows * columns - n, c, h, w), -1.0)])
-    pixels = ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
-    return pixels.view(rows, columns, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, columns * w, c).numpy()
 
 
 class KimgSchedule:
@@ -173,7 +164,7 @@ class ImageGrids(KimgScheduled, Callback):
         return torch.cat([pl_module.G_ema(chunk, update_w_avg=False).cpu() for chunk in z.split(self.batch_size)])
 
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str, name: str, images: Tensor) -> None:
-        grid = image_grid(images, self._side(pl_module))
+        grid = image_grid(to_uint8(images), self._side(pl_module)).permute(1, 2, 0).numpy()  # [H, W, 3]
         assert self._dir is not None
         self._dir.mkdir(parents=True, exist_ok=True)
         Image.fromarray(grid).save(self._dir / name)
