@@ -303,6 +303,7 @@ def test_pretrained_files(tmp_path):
 # Forward, backward, heads and backbone outputs
 
 
+@pytest.mark.slow  # DiNAT-Mini at 224x224, forward and backward: among the heaviest CPU tests
 def test_forward_backward_224():
     torch.manual_seed(0)
     model = create_model("dinat_mini", num_classes=10)
