@@ -108,3 +108,17 @@ def assert_head_groups_match_reference(backend, device="cpu"):
         results[name] = [t.cpu() for t in (out, *torch.autograd.grad((out * out.detach().sin()).sum(), leaves))]
     for got, expected in zip(results[backend], results["reference"]):
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+
+
+def assert_dtype_matches_reference(backend, B, heads, H, W, D, kernel, dilation, with_rpb, dtype, device="cpu",
+                                   seed=0):
+    """``backend``'s na2d output and every gradient computed in ``dtype`` vs the float64 reference on the
+    same inputs rounded to ``dtype``: float32 to ``FLOAT32_ATOL``, half types to ``HALF_ATOL`` times the
+    magnitude of the expected values."""
+    inputs = make_inputs(B, heads, H, W, D, kernel, dilation, with_rpb, seed=seed)
+    inputs = [t.to(dtype).double() if t is not None else None for t in inputs]  # the values dtype can hold
+    expected = na2d_with_grads("reference", *inputs[:3], kernel, dilation, inputs[3], torch.float64)
+    got = na2d_with_grads(backend, *inputs[:3], kernel, dilation, inputs[3], dtype, device)
+    for name, value in expected.items():
+        atol = FLOAT32_ATOL[name] if dtype == torch.float32 else HALF_ATOL[dtype] * max(1.0, value.abs().max().item())
+        torch.testing.assert_close(got[name], value, rtol=0, atol=atol, msg=f"{backend} {dtype} {name}")
