@@ -40,9 +40,10 @@ def _configs(tiles):
 
 
 # Query / key tiles of 64-128 positions (8x8 is the whole group of a StyleNAT layer: d = res / 8) and
-# halo blocks of 32-64 keys: tl.dot needs >= 16 on every side; H100 wants 4-8 warps and 2-3 stages.
-_FORWARD_TILES = [(8, 8, 8, 8, 4, 2), (8, 8, 8, 8, 4, 3), (8, 16, 8, 8, 4, 2), (16, 8, 8, 8, 4, 2),
-                  (8, 8, 4, 8, 4, 2), (16, 16, 8, 8, 8, 2), (8, 8, 8, 16, 4, 2)]
+# halo blocks of 32-128 keys: tl.dot needs >= 16 on every side; H100 wants 4-8 warps and 2-3 stages.
+# At most 128 queries, so the float32 accumulator of a head_dim-128 tile fits 8 warps' registers.
+_FORWARD_TILES = [(8, 8, 8, 8, 4, 2), (8, 8, 8, 8, 4, 3), (8, 8, 8, 8, 8, 2), (8, 16, 8, 8, 4, 2),
+                  (16, 8, 8, 8, 8, 2), (8, 8, 4, 8, 4, 2), (8, 8, 8, 16, 4, 2)]
 _BACKWARD_TILES = [(8, 8, 8, 8, 4, 2), (8, 8, 8, 8, 8, 2), (8, 16, 8, 8, 4, 2), (8, 8, 4, 8, 4, 2),
                    (16, 8, 8, 8, 8, 2)]
 AUTOTUNE_KEY = ["heads", "H", "W", "BLOCK_D", "HAS_BIAS", "PRECISION"]
@@ -301,8 +302,7 @@ def na2d_backward_dkv_kernel(
 
 @triton.jit
 def _grid_ptr(base, b, h, gh, gw, dh, dw, tr, tc, s_b, s_h, s_r, s_c, offs_d):
-    """``[rows, cols, BLOCK_D]`` pointers of the in-group rows ``tr`` x columns ``tc`` (or, with ``tr``
-    ``[rows, cols]``, of one row per (row, col))."""
+    """``[TH, TW, BLOCK_D]`` pointers of the in-group positions ``(tr, tc)``: ``tr`` ``[TH, TW]``, ``tc`` ``[1, TW]``."""
     start = base + tl.cast(b, tl.int64) * s_b + tl.cast(h, tl.int64) * s_h
     rows = (gh + dh * tr).to(tl.int64) * s_r
     cols = (gw + dw * tc).to(tl.int64) * s_c

@@ -25,3 +25,26 @@ def test_triton_kernels_under_the_interpreter():
         pytest.fail(f"interpreter tests failed (exit {child.returncode}):\n{child.stdout[-20000:]}\n{child.stderr[-5000:]}",
                     pytrace=False)
     assert " passed" in child.stdout and "skipped" not in child.stdout, child.stdout[-2000:]
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="checks the reason given outside the interpreter")
+def test_unavailable_on_cpu_tensors_outside_the_interpreter():
+    import torch
+
+    import natten_ops
+
+    reason = natten_ops.unavailable_reason("triton", "na2d", "cpu", torch.float32)
+    assert reason is not None and "TRITON_INTERPRET=1" in reason
+    q = torch.randn(1, 1, 5, 5, 16)
+    with pytest.raises(natten_ops.BackendUnavailable, match="backend='triton' is unavailable: .*CUDA tensors"):
+        natten_ops.na2d(q, q, q, 3, backend="triton")
+
+
+def test_unfused_ops_are_unavailable_with_a_reason():
+    import torch
+
+    import natten_ops
+
+    q = torch.randn(1, 1, 5, 5, 16)
+    with pytest.raises(natten_ops.BackendUnavailable, match="serves the fused na2d only"):
+        natten_ops.na2d_qk(q, q, 3, backend="triton")
