@@ -25,6 +25,7 @@ from natten_ops.groups import HeadGroup
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 128
+MAX_BATCH_HEADS = 65535  # CUDA's limit on the second grid axis
 _MISSING = None if importlib.util.find_spec("triton") is not None else "triton is not installed (pip install triton)"
 
 
@@ -67,6 +68,9 @@ def na2d(q: Tensor, k: Tensor, v: Tensor, groups: Sequence[HeadGroup], scale: fl
     """Fused NA over head groups in one launch; same contract as ``natten_ops.reference.na2d``."""
     if q.numel() == 0:
         return reference.na2d(q, k, v, groups, scale)
+    if q.shape[0] * q.shape[1] > MAX_BATCH_HEADS:
+        raise ValueError(f"backend='triton' takes batch * heads <= {MAX_BATCH_HEADS} (one grid axis), got "
+                         f"{q.shape[0]} * {q.shape[1]}; split the batch")
     layout = tuple(x for g in groups for x in (g.heads, *g.kernel_size, *g.dilation, int(g.rpb is not None)))
     tables = [g.rpb.float().reshape(-1) for g in groups if g.rpb is not None]
     bias = torch.cat(tables) if tables else q.new_empty(0, dtype=torch.float32)
