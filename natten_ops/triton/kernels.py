@@ -46,7 +46,7 @@ _FORWARD_TILES = [(8, 8, 8, 8, 4, 2), (8, 8, 8, 8, 4, 3), (8, 8, 8, 8, 8, 2), (8
                   (16, 8, 8, 8, 8, 2), (8, 8, 4, 8, 4, 2), (8, 8, 8, 16, 4, 2)]
 _BACKWARD_TILES = [(8, 8, 8, 8, 4, 2), (8, 8, 8, 8, 8, 2), (8, 16, 8, 8, 4, 2), (8, 8, 4, 8, 4, 2),
                    (16, 8, 8, 8, 8, 2)]
-AUTOTUNE_KEY = ["heads", "H", "W", "BLOCK_D", "HAS_BIAS", "PRECISION"]
+AUTOTUNE_KEY = ["heads", "H", "W", "BLOCK_D", "HAS_BIAS", "TF32"]
 
 
 @triton.jit
@@ -78,6 +78,15 @@ def _tile_of_program(pid, H, W, dh, dw, TH: tl.constexpr, TW: tl.constexpr):
 
 
 @triton.jit
+def _dot(a, b, TF32: tl.constexpr):
+    """``a @ b`` accumulated in float32; float32 operands in IEEE precision unless ``TF32``."""
+    if TF32:
+        return tl.dot(a, b, input_precision="tf32")
+    else:
+        return tl.dot(a, b, input_precision="ieee")
+
+
+@triton.jit
 def _window_start(t, length, kernel):
     return tl.minimum(tl.maximum(t - kernel // 2, 0), length - kernel)
 
@@ -106,10 +115,10 @@ def _rows_ptr(base, b, h, gh, gw, dh, dw, tr, tc, s_b, s_h, s_r, s_c, offs_d):
 
 @triton.jit
 def _scores(q, k, scale, bias, bias_offset, kw2, q_r, q_c, k_r, k_c, start_r, start_c, kh, kw, q_ok, k_ok,
-            HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr):
+            HAS_BIAS: tl.constexpr, TF32: tl.constexpr):
     """Scaled logits ``[M, N]`` of queries ``q`` (``[M, D]``) vs keys ``k`` (``[N, D]``), plus the RPB, and
     the mask of (query, key) pairs inside the query's window."""
-    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
+    s = _dot(q, tl.trans(k), TF32) * scale
     in_window = ((k_r[None, :] >= start_r[:, None]) & (k_r[None, :] < start_r[:, None] + kh)
                  & (k_c[None, :] >= start_c[:, None]) & (k_c[None, :] < start_c[:, None] + kw)
                  & q_ok[:, None] & k_ok[None, :])
@@ -125,7 +134,7 @@ def na2d_forward_kernel(
     Q, K, V, Out, Lse, bias, table,
     sq_b, sq_h, sq_r, sq_c, sk_b, sk_h, sk_r, sk_c, sv_b, sv_h, sv_r, sv_c, so_b, so_h, so_r, so_c,
     heads, H, W, D, scale,
-    BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, TF32: tl.constexpr,
     TH: tl.constexpr, TW: tl.constexpr, KR: tl.constexpr, KC: tl.constexpr,
 ):
     """One program: a ``TH x TW`` query tile; online softmax over its halo; writes out and lse."""
@@ -163,14 +172,14 @@ def na2d_forward_kernel(
                 v = tl.load(_rows_ptr(V, b, h, gh, gw, dh, dw, k_r, k_c, sv_b, sv_h, sv_r, sv_c, offs_d),
                             mask=kv_mask, other=0.0)
                 s, in_window = _scores(q, k, scale, bias, bias_offset, 2 * kw - 1, q_r, q_c, k_r, k_c,
-                                       start_r, start_c, kh, kw, q_ok, k_ok, HAS_BIAS, PRECISION)
+                                       start_r, start_c, kh, kw, q_ok, k_ok, HAS_BIAS, TF32)
                 s = tl.where(in_window, s, float("-inf"))
                 new_max = tl.maximum(row_max, tl.max(s, 1))
                 shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # no -inf - -inf before a key
                 alpha = tl.exp(row_max - shift)
                 p = tl.exp(s - shift[:, None])
                 row_sum = row_sum * alpha + tl.sum(p, 1)
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+                acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, TF32)
                 row_max = new_max
         out = acc / row_sum[:, None]
         lse = tl.where(row_max == float("-inf"), 0.0, row_max) + tl.log(row_sum)
@@ -186,7 +195,7 @@ def na2d_backward_dq_kernel(
     Q, K, V, dOut, Lse, Delta, dQ, bias, table,
     sq_b, sq_h, sq_r, sq_c, sk_b, sk_h, sk_r, sk_c, sv_b, sv_h, sv_r, sv_c, so_b, so_h, so_r, so_c,
     heads, H, W, D, scale,
-    BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, TF32: tl.constexpr,
     TH: tl.constexpr, TW: tl.constexpr, KR: tl.constexpr, KC: tl.constexpr,
 ):
     """One program: dQ of a ``TH x TW`` query tile, recomputing the weights over its halo from the lse.
@@ -229,11 +238,11 @@ def na2d_backward_dq_kernel(
                 v = tl.load(_rows_ptr(V, b, h, gh, gw, dh, dw, k_r, k_c, sv_b, sv_h, sv_r, sv_c, offs_d),
                             mask=kv_mask, other=0.0)
                 s, in_window = _scores(q, k, scale, bias, bias_offset, 2 * kw - 1, q_r, q_c, k_r, k_c,
-                                       start_r, start_c, kh, kw, q_ok, k_ok, HAS_BIAS, PRECISION)
+                                       start_r, start_c, kh, kw, q_ok, k_ok, HAS_BIAS, TF32)
                 p = tl.where(in_window, tl.exp(s - lse[:, None]), 0.0)
-                dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+                dp = _dot(do, tl.trans(v), TF32)
                 ds = p * (dp - delta[:, None])
-                dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+                dq += _dot(ds.to(k.dtype), k, TF32)
         tl.store(_rows_ptr(dQ, b, h, gh, gw, dh, dw, q_r, q_c, so_b, so_h, so_r, so_c, offs_d),
                  (dq * scale).to(dQ.dtype.element_ty), mask=q_mask)
 
@@ -244,7 +253,7 @@ def na2d_backward_dkv_kernel(
     Q, K, V, dOut, Lse, Delta, dK, dV, bias, table,
     sq_b, sq_h, sq_r, sq_c, sk_b, sk_h, sk_r, sk_c, sv_b, sv_h, sv_r, sv_c, so_b, so_h, so_r, so_c,
     heads, H, W, D, scale,
-    BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, TF32: tl.constexpr,
     TH: tl.constexpr, TW: tl.constexpr, KR: tl.constexpr, KC: tl.constexpr,
 ):
     """One program: dK and dV of a ``TH x TW`` key tile over its inverse neighborhood (the queries whose
@@ -288,12 +297,12 @@ def na2d_backward_dkv_kernel(
                 start_r = _window_start(q_r, len_h, kh)
                 start_c = _window_start(q_c, len_w, kw)
                 s, in_window = _scores(q, k, scale, bias, bias_offset, 2 * kw - 1, q_r, q_c, k_r, k_c,
-                                       start_r, start_c, kh, kw, q_ok, k_ok, HAS_BIAS, PRECISION)
+                                       start_r, start_c, kh, kw, q_ok, k_ok, HAS_BIAS, TF32)
                 p = tl.where(in_window, tl.exp(s - lse[:, None]), 0.0)  # [queries, keys]
-                dv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PRECISION)
-                dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+                dv += _dot(tl.trans(p).to(do.dtype), do, TF32)
+                dp = _dot(do, tl.trans(v), TF32)
                 ds = p * (dp - delta[:, None])
-                dk += tl.dot(tl.trans(ds).to(q.dtype), q, input_precision=PRECISION)
+                dk += _dot(tl.trans(ds).to(q.dtype), q, TF32)
         tl.store(_rows_ptr(dK, b, h, gh, gw, dh, dw, k_r, k_c, so_b, so_h, so_r, so_c, offs_d),
                  (dk * scale).to(dK.dtype.element_ty), mask=k_mask)
         tl.store(_rows_ptr(dV, b, h, gh, gw, dh, dw, k_r, k_c, so_b, so_h, so_r, so_c, offs_d),

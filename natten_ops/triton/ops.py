@@ -51,10 +51,6 @@ def _strides(*tensors: Tensor) -> list[int]:
     return [s for t in tensors for s in t.stride()[:4]]
 
 
-def _precision(dtype: torch.dtype, tf32: bool) -> str:
-    return "tf32" if tf32 and dtype == torch.float32 else "ieee"
-
-
 @_custom_op("natten_ops::triton_na2d_forward", mutates_args=())
 def na2d_forward(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, table: Tensor, groups: list[int], scale: float,
                  tf32: bool) -> tuple[Tensor, Tensor]:
@@ -68,7 +64,7 @@ def na2d_forward(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, table: Tensor, g
 
     _launch(kernels.na2d_forward_kernel)[grid](
         q, k, v, out, lse, bias, table, *_strides(q, k, v, out), heads, H, W, D, scale,
-        BLOCK_D=_block_d(D), HAS_BIAS=bias.numel() > 0, PRECISION=_precision(q.dtype, tf32))
+        BLOCK_D=_block_d(D), HAS_BIAS=bias.numel() > 0, TF32=tf32 and q.dtype == torch.float32)
     return out, lse
 
 
@@ -81,7 +77,7 @@ def na2d_backward(grad_out: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor
     B, heads, H, W, D = q.shape
     delta = (grad_out.float() * out.float()).sum(-1)  # [B, heads, H, W]: rowsum(dO * O) of the softmax backward
     dq, dk, dv = (torch.empty(q.shape, dtype=q.dtype, device=q.device) for _ in range(3))
-    common = dict(BLOCK_D=_block_d(D), HAS_BIAS=bias.numel() > 0, PRECISION=_precision(q.dtype, tf32))
+    common = dict(BLOCK_D=_block_d(D), HAS_BIAS=bias.numel() > 0, TF32=tf32 and q.dtype == torch.float32)
 
     def grid(meta):
         return _tiles(groups, H, W, meta["TH"], meta["TW"]), B * heads

@@ -49,7 +49,7 @@ def test_attention_kernels_compile(name, dtype, capability, head_dim):
     """The first autotune config of each kernel with RPB: bfloat16 at the largest head_dim on Hopper, and
     the IEEE float32 path on Ampere."""
     config = KERNELS[name].configs[0]
-    constants = dict(BLOCK_D=head_dim, HAS_BIAS=True, PRECISION="ieee", **config.kwargs)
+    constants = dict(BLOCK_D=head_dim, HAS_BIAS=True, TF32=False, **config.kwargs)
     compiled = _compile(KERNELS[name].fn, dtype, capability, constants, config.num_warps, config.num_stages)
     assert compiled.metadata.shared <= SHARED_MEMORY[capability]
     if capability == 90 and dtype == "bf16":
