@@ -106,15 +106,21 @@ def _inverse_halo(first, last, length, kernel):
 
 
 @triton.jit
-def _rows_ptr(base, b, h, gh, gw, dh, dw, tr, tc, s_b, s_h, s_r, s_c, offs_d):
-    """``[n, BLOCK_D]`` pointers of the in-group positions ``(tr, tc)`` of a ``[B, heads, H, W, D]`` tensor."""
+def _positions(base, b, h, gh, gw, dh, dw, tr, tc, s_b, s_h, s_r, s_c):
+    """Pointers to element 0 of the in-group positions ``(tr, tc)`` (broadcast together) of a
+    ``[B, heads, H, W, D]`` tensor; 64-bit offsets."""
     start = base + tl.cast(b, tl.int64) * s_b + tl.cast(h, tl.int64) * s_h
-    rows = (gh + dh * tr).to(tl.int64) * s_r + (gw + dw * tc).to(tl.int64) * s_c
-    return start + rows[:, None] + offs_d[None, :]
+    return start + (gh + dh * tr).to(tl.int64) * s_r + (gw + dw * tc).to(tl.int64) * s_c
 
 
 @triton.jit
-def _scores(q, k, scale, bias, bias_offset, kw2, q_r, q_c, k_r, k_c, start_r, start_c, kh, kw, q_ok, k_ok,
+def _rows_ptr(base, b, h, gh, gw, dh, dw, tr, tc, s_b, s_h, s_r, s_c, offs_d):
+    """``[n, BLOCK_D]`` pointers of the ``n`` in-group positions ``(tr, tc)``."""
+    return _positions(base, b, h, gh, gw, dh, dw, tr, tc, s_b, s_h, s_r, s_c)[:, None] + offs_d[None, :]
+
+
+@triton.jit
+def _scores(q, k, scale, bias, bias_offset, q_r, q_c, k_r, k_c, start_r, start_c, kh, kw, q_ok, k_ok,
             HAS_BIAS: tl.constexpr, TF32: tl.constexpr):
     """Scaled logits ``[M, N]`` of queries ``q`` (``[M, D]``) vs keys ``k`` (``[N, D]``), plus the RPB, and
     the mask of (query, key) pairs inside the query's window."""
@@ -123,7 +129,7 @@ def _scores(q, k, scale, bias, bias_offset, kw2, q_r, q_c, k_r, k_c, start_r, st
                  & (k_c[None, :] >= start_c[:, None]) & (k_c[None, :] < start_c[:, None] + kw)
                  & q_ok[:, None] & k_ok[None, :])
     if HAS_BIAS:
-        index = (kh - 1 + k_r[None, :] - q_r[:, None]) * kw2 + (kw - 1 + k_c[None, :] - q_c[:, None])
+        index = (kh - 1 + k_r[None, :] - q_r[:, None]) * (2 * kw - 1) + (kw - 1 + k_c[None, :] - q_c[:, None])
         s += tl.load(bias + bias_offset + index, mask=in_window & (bias_offset >= 0), other=0.0)
     return s, in_window
 
@@ -171,7 +177,7 @@ def na2d_forward_kernel(
                             mask=kv_mask, other=0.0)
                 v = tl.load(_rows_ptr(V, b, h, gh, gw, dh, dw, k_r, k_c, sv_b, sv_h, sv_r, sv_c, offs_d),
                             mask=kv_mask, other=0.0)
-                s, in_window = _scores(q, k, scale, bias, bias_offset, 2 * kw - 1, q_r, q_c, k_r, k_c,
+                s, in_window = _scores(q, k, scale, bias, bias_offset, q_r, q_c, k_r, k_c,
                                        start_r, start_c, kh, kw, q_ok, k_ok, HAS_BIAS, TF32)
                 s = tl.where(in_window, s, float("-inf"))
                 new_max = tl.maximum(row_max, tl.max(s, 1))
@@ -237,7 +243,7 @@ def na2d_backward_dq_kernel(
                             mask=kv_mask, other=0.0)
                 v = tl.load(_rows_ptr(V, b, h, gh, gw, dh, dw, k_r, k_c, sv_b, sv_h, sv_r, sv_c, offs_d),
                             mask=kv_mask, other=0.0)
-                s, in_window = _scores(q, k, scale, bias, bias_offset, 2 * kw - 1, q_r, q_c, k_r, k_c,
+                s, in_window = _scores(q, k, scale, bias, bias_offset, q_r, q_c, k_r, k_c,
                                        start_r, start_c, kh, kw, q_ok, k_ok, HAS_BIAS, TF32)
                 p = tl.where(in_window, tl.exp(s - lse[:, None]), 0.0)
                 dp = _dot(do, tl.trans(v), TF32)
@@ -296,7 +302,7 @@ def na2d_backward_dkv_kernel(
                 delta = tl.load(Delta + position, mask=q_ok, other=0.0)
                 start_r = _window_start(q_r, len_h, kh)
                 start_c = _window_start(q_c, len_w, kw)
-                s, in_window = _scores(q, k, scale, bias, bias_offset, 2 * kw - 1, q_r, q_c, k_r, k_c,
+                s, in_window = _scores(q, k, scale, bias, bias_offset, q_r, q_c, k_r, k_c,
                                        start_r, start_c, kh, kw, q_ok, k_ok, HAS_BIAS, TF32)
                 p = tl.where(in_window, tl.exp(s - lse[:, None]), 0.0)  # [queries, keys]
                 dv += _dot(tl.trans(p).to(do.dtype), do, TF32)
@@ -311,11 +317,8 @@ def na2d_backward_dkv_kernel(
 
 @triton.jit
 def _grid_ptr(base, b, h, gh, gw, dh, dw, tr, tc, s_b, s_h, s_r, s_c, offs_d):
-    """``[TH, TW, BLOCK_D]`` pointers of the in-group positions ``(tr, tc)``: ``tr`` ``[TH, TW]``, ``tc`` ``[1, TW]``."""
-    start = base + tl.cast(b, tl.int64) * s_b + tl.cast(h, tl.int64) * s_h
-    rows = (gh + dh * tr).to(tl.int64) * s_r
-    cols = (gw + dw * tc).to(tl.int64) * s_c
-    return start + rows[:, :, None] + cols[:, :, None] + offs_d[None, None, :]
+    """``[TH, TW, BLOCK_D]`` pointers of the in-group positions ``(tr, tc)``, ``[TH, 1]`` x ``[1, TW]``."""
+    return _positions(base, b, h, gh, gw, dh, dw, tr, tc, s_b, s_h, s_r, s_c)[:, :, None] + offs_d[None, None, :]
 
 
 @triton.jit
@@ -344,15 +347,14 @@ def na2d_backward_rpb_kernel(
         start_c = _window_start(q_c, len_w, kw)
         offs_d = tl.arange(0, BLOCK_D)
         q_mask = q_ok[:, :, None] & (offs_d < D)[None, None, :]
-        q_rr = q_r[:, None] + 0 * q_c[None, :]  # [TH, TW] row of every query
         bins_r = tl.arange(0, ROWS)
         bins_c = tl.arange(0, COLS)
         table_acc = tl.zeros([ROWS, COLS], tl.float32)
         for b in range(B):
-            q = tl.load(_grid_ptr(Q, b, h, gh, gw, dh, dw, q_rr, q_c[None, :], sq_b, sq_h, sq_r, sq_c, offs_d),
-                        mask=q_mask, other=0.0).to(tl.float32)
-            do = tl.load(_grid_ptr(dOut, b, h, gh, gw, dh, dw, q_rr, q_c[None, :], so_b, so_h, so_r, so_c, offs_d),
-                         mask=q_mask, other=0.0).to(tl.float32)
+            q = tl.load(_grid_ptr(Q, b, h, gh, gw, dh, dw, q_r[:, None], q_c[None, :], sq_b, sq_h, sq_r, sq_c,
+                                  offs_d), mask=q_mask, other=0.0).to(tl.float32)
+            do = tl.load(_grid_ptr(dOut, b, h, gh, gw, dh, dw, q_r[:, None], q_c[None, :], so_b, so_h, so_r, so_c,
+                                   offs_d), mask=q_mask, other=0.0).to(tl.float32)
             position = (tl.cast(b * heads + h, tl.int64) * H * W + ((gh + dh * q_r) * W)[:, None]
                         + (gw + dw * q_c)[None, :])
             lse = tl.load(Lse + position, mask=q_ok, other=0.0)
@@ -360,13 +362,12 @@ def na2d_backward_rpb_kernel(
             for u_r in range(0, kh):
                 k_r = start_r + u_r
                 bin_r = kh - 1 + k_r - q_r  # [TH]
-                k_rr = k_r[:, None] + 0 * q_c[None, :]
                 for u_c in range(0, kw):
                     k_c = start_c + u_c
                     bin_c = kw - 1 + k_c - q_c  # [TW]
-                    k = tl.load(_grid_ptr(K, b, h, gh, gw, dh, dw, k_rr, k_c[None, :], sk_b, sk_h, sk_r, sk_c,
+                    k = tl.load(_grid_ptr(K, b, h, gh, gw, dh, dw, k_r[:, None], k_c[None, :], sk_b, sk_h, sk_r, sk_c,
                                           offs_d), mask=q_mask, other=0.0).to(tl.float32)
-                    v = tl.load(_grid_ptr(V, b, h, gh, gw, dh, dw, k_rr, k_c[None, :], sv_b, sv_h, sv_r, sv_c,
+                    v = tl.load(_grid_ptr(V, b, h, gh, gw, dh, dw, k_r[:, None], k_c[None, :], sv_b, sv_h, sv_r, sv_c,
                                           offs_d), mask=q_mask, other=0.0).to(tl.float32)
                     rpb = tl.load(bias + bias_offset + bin_r[:, None] * (2 * kw - 1) + bin_c[None, :],
                                   mask=q_ok, other=0.0)

@@ -26,7 +26,7 @@ _custom_op = torch.library.triton_op if _TRITON_OP else torch.library.custom_op
 _launch = torch.library.wrap_triton if _TRITON_OP else (lambda kernel: kernel)
 
 GROUP_FIELDS = 6  # heads, k_h, k_w, d_h, d_w, has_rpb
-RPB_TILE = (8, 16)  # query tile of the dRPB kernel: a whole dilation group of the test shapes
+RPB_TILE = (8, 16)  # query tile of the dRPB kernel (128 queries; one tile per group of the interpreter tests)
 
 
 def _unpack(groups: Sequence[int]) -> list[tuple[int, ...]]:
