@@ -34,6 +34,7 @@ from lightning.pytorch.plugins import TorchCheckpointIO
 from PIL import Image
 from torch import Tensor
 
+from stylenat.data.prepare import prepared_filter
 from stylenat.models.checkpoint import save_generator
 
 
@@ -206,7 +207,9 @@ def _image(item: Any) -> Tensor:
 class GeneratorExport(KimgScheduled, Callback):
     """Export ``G_ema`` with :func:`stylenat.models.save_generator` as ``network-snapshot-<kimg:06d>.safetensors``
     and ``generator.safetensors`` (always the latest) every ``every_kimg`` (None: never), when training reaches
-    each of ``marks_kimg`` and when training ends. The export records ``cur_nimg``."""
+    each of ``marks_kimg`` and when training ends. The export records ``cur_nimg`` and the resize filter that
+    ``stylenat prepare`` recorded for the training data (``data_resize_filter``; ``stylenat fid`` warns when it
+    differs from the reference statistics')."""
 
     def __init__(self, every_kimg: float | None, marks_kimg: Sequence[float] = ()):
         self.schedule = KimgSchedule(every_kimg, marks_kimg)
@@ -220,7 +223,9 @@ class GeneratorExport(KimgScheduled, Callback):
             return
         assert self._dir is not None
         hp = pl_module.hparams
-        info = {"cur_nimg": pl_module.cur_nimg}
+        data_path = getattr(trainer.datamodule, "hparams", {}).get("path")
+        info = {"cur_nimg": pl_module.cur_nimg,
+                "data_resize_filter": None if data_path is None else prepared_filter(data_path)}
         for name in (f"network-snapshot-{pl_module.cur_nimg // 1000:06d}.safetensors", "generator.safetensors"):
             save_generator(pl_module.G_ema, self._dir / name, hp.generator, dict(hp.generator_kwargs or {}), info)
 

@@ -87,9 +87,11 @@ def test_best_checkpoint_only_when_the_metric_improves(monkeypatch, tmp_path):
         return [{"metric": f"fd_tiny{num_samples}", "value": next(values), "extractor": "tiny"}]
 
     monkeypatch.setattr(metrics_callback, "evaluate_generator", fake_evaluate)
-    monkeypatch.setattr(metrics_callback, "build_reference", lambda *args, **kwargs: None)
+    monkeypatch.setattr(metrics_callback, "build_reference",
+                        lambda *args, **kwargs: SimpleNamespace(covers_dataset=False))
     saved, logged = [], []
-    trainer = SimpleNamespace(global_step=0, save_checkpoint=lambda path: saved.append((path, callback.best)),
+    trainer = SimpleNamespace(global_step=0, datamodule=None, is_global_zero=True,
+                              save_checkpoint=lambda path: saved.append((path, callback.best)),
                               loggers=[SimpleNamespace(log_metrics=lambda metrics, step: logged.append(metrics))])
     module = SimpleNamespace(G_ema=create_generator("demo"), cur_nimg=0, device=torch.device("cpu"))
 
