@@ -9,7 +9,7 @@
 - :mod:`.reference` — clean-fid's named statistics and our cached dataset statistics (all images or a
   seeded random subset), with the resize-filter check;
 - :mod:`.protocols` — fixed protocols such as ``stylenat-paper`` (the paper's FID) and their settings;
-- :mod:`.sampling` / :mod:`.datasets` — seeded generator samples and dataset images to features,
+- :mod:`.samples` / :mod:`.datasets` — seeded generator samples and dataset images to features,
   sharded over DDP ranks; :mod:`.distributed` holds the sharding and gathering;
 - :mod:`.evaluate` / :mod:`.records` — metrics with their full protocol, appended to
   ``metric-<name>.jsonl``.
@@ -25,12 +25,12 @@ from stylenat.metrics.records import append_metric_record
 from stylenat.metrics.reference import (NAMED_STATS, ReferenceStats, build_reference, dataset_reference_stats,
                                         named_reference_stats, parse_reference_name, path_reference_stats,
                                         stats_cache_dir, warn_if_filters_differ)
-from stylenat.metrics.sampling import Generator, generator_features, strict_float32, to_uint8, z_from_seeds
+from stylenat.metrics.samples import GeneratorFn, generator_features, strict_float32, to_uint8, z_from_seeds
 from stylenat.metrics.weights import WEIGHTS_ENV, InceptionWeightsNotFound, find_inception_weights
 
 __all__ = [
     "INCEPTION", "MODES", "NAMED_STATS", "PROTOCOLS", "WEIGHTS_ENV",
-    "CleanFIDExtractor", "FeatureExtractor", "Generator", "ImageFiles", "InceptionWeightsNotFound", "Protocol",
+    "CleanFIDExtractor", "FeatureExtractor", "GeneratorFn", "ImageFiles", "InceptionWeightsNotFound", "Protocol",
     "ReferenceStats", "Settings",
     "append_metric_record", "build_extractor", "build_reference", "dataset_features", "dataset_reference_stats", "evaluate_features",
     "evaluate_generator", "extractor_digest", "feature_stats", "find_inception_weights", "fingerprint_path",
