@@ -63,7 +63,8 @@ def evaluate_features(features: np.ndarray, reference: ReferenceStats, *, extrac
     cur_nimg = None if cur_nimg is None else int(cur_nimg)  # plain JSON types, whatever the caller holds
     common = dict(extractor=extractor.name, mode=extractor.mode, protocol=protocol, reference=reference.label,
                   reference_source=reference.source, reference_images=reference.num_images,
-                  reference_subset=reference.subset, num_samples=len(features), seed=None if seed is None else int(seed),
+                  reference_subset=reference.subset, num_samples=len(features),
+                  seed=None if seed is None else int(seed),
                   truncation=None if truncation is None else float(truncation),
                   checkpoint=None if checkpoint is None else str(checkpoint), cur_nimg=cur_nimg,
                   kimg=None if cur_nimg is None else cur_nimg / 1000, world_size=world,

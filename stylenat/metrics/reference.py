@@ -15,9 +15,9 @@ in many installs).
 **Custom**: computed once per (dataset fingerprint, resolution, mode, extractor name and weights digest,
 subset) and cached in ``$STYLENAT_CACHE/stats`` (default ``~/.cache/stylenat/stats``) as an ``.npz`` holding
 the mean, the covariance and the features (for KID). A seeded random subset (``subset``, e.g. the
-StyleNAT paper's 50k of FFHQ's 70k) is recorded with its seed and the fingerprint of its index list. Files are written to a temporary name and published with
-``os.replace``, so a reader never sees half a file; a changed dataset has a new fingerprint and
-therefore a new entry.
+StyleNAT paper's 50k of FFHQ's 70k) is recorded with its seed and the fingerprint of its index list.
+Files are written to a temporary name and published with ``os.replace``, so a reader never sees half a
+file; a changed dataset has a new fingerprint and therefore a new entry.
 """
 
 from __future__ import annotations

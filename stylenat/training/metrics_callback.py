@@ -17,8 +17,8 @@ value is part of the callback's checkpointed state, so a resumed run keeps compa
 
 Metric words: ``"fid"`` is the Fréchet distance (measured at every evaluation), ``"kid"`` the kernel
 distance, both in the extractor's features. Only clean-fid's Inception gives records called
-``fid10k`` / ``kid10k`` (``fid10k_full`` against a full dataset); another extractor (for offline CPU runs: ``extractor="package.module:function"``,
-see :func:`stylenat.metrics.build_extractor`) labels them with its own name, e.g. ``fd_nat_digits10k``.
+``fid10k`` / ``kid10k`` (``fid10k_full`` against a full dataset); another extractor (for offline CPU
+runs: ``extractor="package.module:function"``, see :func:`stylenat.metrics.build_extractor`) labels them with its own name, e.g. ``fd_nat_digits10k``.
 
 ``protocol="stylenat-paper"`` measures as the paper did (:mod:`stylenat.metrics.protocols`): mode
 ``legacy_pytorch``, psi 1, against a seeded random 50k of ``ref_data``. G_ema is sampled with TF32 off
