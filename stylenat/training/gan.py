@@ -189,11 +189,7 @@ class StyleNATGAN(L.LightningModule):
         fold = imagenet_output_fold(len(self.G.synthesis.stages)) if pixel_space == "imagenet" else {}
         self._fold = fold  # moved to the training device on first use
         self.G_ema: Generator = copy.deepcopy(self.G).requires_grad_(False).eval()
-        if fold:
-            with torch.no_grad():
-                folded = fold_output(dict(self.G_ema.named_parameters()), fold)
-                for name, p in self.G_ema.named_parameters():
-                    p.copy_(folded[name])
+        self.G_ema.load_state_dict(fold_output(self.G_ema.state_dict(), fold))
         self.automatic_optimization = False
         self.lr_g = lr_d / 4 if lr_g is None else lr_g
         self.r1_ratio = r1_interval / (r1_interval + 1) if r1_gamma > 0 else 1.0  # lazy R1's Adam adjustment
