@@ -10,8 +10,6 @@ import torch
 from reference_weights import load_golden, random_state_dict, recipe
 
 from stylenat.models.convert import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     convert_discriminator,
     convert_generator,
     load_official_discriminator,
@@ -20,6 +18,7 @@ from stylenat.models.convert import (
 )
 from stylenat.models.discriminator import create_discriminator
 from stylenat.models.generator import create_generator
+from stylenat.models.pixels import IMAGENET_MEAN, IMAGENET_STD
 
 
 @pytest.fixture(scope="module")
