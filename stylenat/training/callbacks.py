@@ -3,14 +3,16 @@
 (``trainer.log_dir``, else ``trainer.default_root_dir``), written by rank 0.
 
     KimgSchedule        when the callbacks below act
-    ImageGrids          reals.png at start, fakes_init.png, fakes<kimg:06d>.png: fixed latents through G_ema;
+    ImageGrids          reals.png at start, fakes_init.png, fakes<kimg>.png: fixed latents through G_ema;
                         also to TensorBoard (step = kimg)
-    GeneratorExport     network-snapshot-<kimg:06d>.safetensors and generator.safetensors (the latest): G_ema
+    GeneratorExport     network-snapshot-<kimg>.safetensors and generator.safetensors (the latest): G_ema
                         and its config, for ``load_generator``
     KimgCheckpoint      Lightning's ModelCheckpoint writing last.ckpt every N kimg and when training ends
     KimgProgressBar     the training bar in kimg, with rate and ETA
     CPUThreads          torch's intra-op thread count for the run (CPU demos on shared machines)
     AtomicCheckpointIO  checkpoints go to a temporary file beside the target, are fsynced, then renamed over it
+
+``<kimg>`` in file names is :func:`kimg_label`: ``000012`` at a whole kimg, ``000000.016`` between.
 """
 
 from __future__ import annotations
@@ -45,6 +47,16 @@ def crossed(nimg_before: int, nimg_after: int, every_kimg: float | None) -> bool
         return False
     every_nimg = max(round(every_kimg * 1000), 1)
     return nimg_after // every_nimg > nimg_before // every_nimg
+
+
+def kimg_label(nimg: int) -> str:
+    """The kimg in snapshot file names: exact and distinct for every ``nimg``, sorting in training order.
+
+    >>> kimg_label(12000), kimg_label(16), kimg_label(1234567)
+    ('000012', '000000.016', '001234.567')
+    """
+    whole, rest = divmod(int(nimg), 1000)
+    return f"{whole:06d}" if rest == 0 else f"{whole:06d}.{rest:03d}"
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -124,7 +136,7 @@ class KimgScheduled:
 
 class ImageGrids(KimgScheduled, Callback):
     """Sample grids: ``reals.png`` (a seeded choice of training images) when training starts,
-    ``fakes_init.png`` before the first step, and ``fakes<kimg:06d>.png`` every ``every_kimg`` and at the end,
+    ``fakes_init.png`` before the first step, and ``fakes<kimg>.png`` every ``every_kimg`` and at the end,
     all from the same fixed latents through ``G_ema`` (no truncation). Also logged to every TensorBoard logger
     under ``reals`` and ``fakes`` with the kimg as step.
 
@@ -159,7 +171,7 @@ class ImageGrids(KimgScheduled, Callback):
 
     def _act(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
-            name = f"fakes{pl_module.cur_nimg // 1000:06d}.png"
+            name = f"fakes{kimg_label(pl_module.cur_nimg)}.png"
             self._write(trainer, pl_module, "fakes", name, self._fakes(pl_module))
 
     def _side(self, pl_module: L.LightningModule) -> int:
@@ -188,7 +200,7 @@ def _image(item: Any) -> Tensor:
 
 
 class GeneratorExport(KimgScheduled, Callback):
-    """Export ``G_ema`` with :func:`stylenat.models.save_generator` as ``network-snapshot-<kimg:06d>.safetensors``
+    """Export ``G_ema`` with :func:`stylenat.models.save_generator` as ``network-snapshot-<kimg>.safetensors``
     and ``generator.safetensors`` (always the latest) every ``every_kimg`` (None: never) and when training ends.
     The export records ``cur_nimg``."""
 
@@ -205,7 +217,7 @@ class GeneratorExport(KimgScheduled, Callback):
         assert self._dir is not None
         hp = pl_module.hparams
         info = {"cur_nimg": pl_module.cur_nimg}
-        for name in (f"network-snapshot-{pl_module.cur_nimg // 1000:06d}.safetensors", "generator.safetensors"):
+        for name in (f"network-snapshot-{kimg_label(pl_module.cur_nimg)}.safetensors", "generator.safetensors"):
             save_generator(pl_module.G_ema, self._dir / name, hp.generator, dict(hp.generator_kwargs or {}), info)
 
 
@@ -311,8 +323,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as err:
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(err, OSError) and err.filename is None:  # a full disk: say which file did not fit
+                raise OSError(err.errno, err.strerror, str(path)) from err
             raise
         folder = os.open(path.parent, os.O_RDONLY)
         try:
