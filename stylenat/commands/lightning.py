@@ -10,7 +10,7 @@ resolved config and every run saves it in its log directory.
 
 ``fit`` guards its run directory (``trainer.log_dir``, else ``trainer.default_root_dir``; see
 :mod:`stylenat.training.runs`): it locks it for the run, refuses to start a fresh run where one already is
-(unless ``--overwrite``), checks the checkpoint it resumes from (``--ckpt_path last`` with none there is an
+(unless ``--overwrite``, a flag of this command that is not saved in the config), checks the checkpoint it resumes from (``--ckpt_path last`` with none there is an
 error, not a fresh start; a finished run says so and trains nothing), and removes the temporary files of
 writes that a killed run left. A mistake in the arguments, the config, the data or the checkpoint ends
 with one line ``stylenat fit: error: ...`` and exit code 2.
@@ -25,6 +25,9 @@ from pathlib import Path
 
 from stylenat.commands import Command, UsageError, describe, report_error
 
+OVERWRITE = "--overwrite"
+"""A flag of ``stylenat fit`` itself, not of the config: it is never saved in the run's ``config.yaml``, so
+re-running a saved config cannot overwrite anything by accident."""
 NO_CONFIG_HINT = "no model or data given: start with stylenat fit --config configs/demo.yaml (the CPU demo)"
 
 
@@ -37,10 +40,11 @@ def lightning(args: argparse.Namespace) -> int:
 
     if args.command == "fit" and not args.argv:
         return report_error(args.command, UsageError(NO_CONFIG_HINT))
-    cli_args = [args.command, *args.argv]
+    overwrite = args.command == "fit" and OVERWRITE in args.argv
+    cli_args = [args.command, *(a for a in args.argv if not (overwrite and a == OVERWRITE))]
     try:
         with ExitStack() as cleanup:  # None: LightningCLI reads sys.argv itself (and does not warn)
-            _cli_class()(cleanup, args=None if cli_args == sys.argv[1:] else cli_args)
+            _cli_class()(cleanup, overwrite, args=None if cli_args == sys.argv[1:] else cli_args)
     except ArgumentError as err:  # the arguments or the config file
         return report_error(args.command, err)
     except _Finished as done:
@@ -61,22 +65,18 @@ def _cli_class():
     from lightning.fabric.utilities.rank_zero import rank_zero_only
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+    from lightning.pytorch.cli import LightningCLI
 
     from stylenat.training.runs import (RunError, RunLock, earlier_run_outputs, read_checkpoint,
                                         remove_stale_temporaries)
 
     class StyleNATCLI(LightningCLI):
-        def __init__(self, cleanup: ExitStack, args: list[str] | None):
+        def __init__(self, cleanup: ExitStack, overwrite: bool, args: list[str] | None):
             self.cleanup = cleanup  # the run lock is released through it, however fit ends
+            self.overwrite = overwrite
             super().__init__(LightningModule, LightningDataModule, subclass_mode_model=True,
                              subclass_mode_data=True, save_config_kwargs={"overwrite": True},
                              parser_kwargs={"exit_on_error": False}, args=args)
-
-        def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-            parser.add_argument("--overwrite", type=bool, default=False,
-                                help="fit: start a fresh run in a directory that already holds one; its files "
-                                     "are replaced as the new run writes them (default false: refuse)")
 
         def instantiate_classes(self) -> None:
             try:
@@ -113,7 +113,7 @@ def _cli_class():
             remove_stale_temporaries(run_dir, run_dir / "checkpoints", *checkpoint_dirs)
             if ckpt_path is None:
                 outputs = earlier_run_outputs(run_dir)
-                if outputs and not self.config[self.subcommand].overwrite:
+                if outputs and not self.overwrite:
                     shown = ", ".join(outputs[:3]) + (", ..." if len(outputs) > 3 else "")
                     raise UsageError(f"{run_dir} already holds a run ({shown}): resume it with --ckpt_path last, "
                                      "start over there with --overwrite, or choose another run directory")

@@ -95,8 +95,9 @@ def test_fresh_fit_into_an_earlier_run_refuses_unless_overwrite(finished_run, ca
     assert "--ckpt_path last" in line and "--overwrite" in line
     assert {p.name: p.read_bytes() for p in finished_run.iterdir() if p.is_file()} == before  # nothing touched
 
-    assert fit(finished_run, "--overwrite", "true", rng_seed=1) == 0
+    assert fit(finished_run, "--overwrite", rng_seed=1) == 0
     assert (finished_run / "generator.safetensors").read_bytes() != before["generator.safetensors"]
+    assert "overwrite" not in (finished_run / "config.yaml").read_text()  # a saved config cannot overwrite
 
 
 def test_second_fit_on_a_directory_a_live_process_holds_refuses(tmp_path, capsys):
