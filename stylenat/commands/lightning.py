@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from contextlib import ExitStack
+import warnings
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from stylenat.commands import Command, UsageError, describe, report_error
@@ -44,6 +46,7 @@ def lightning(args: argparse.Namespace) -> int:
     cli_args = [args.command, *(a for a in args.argv if not (overwrite and a == OVERWRITE))]
     try:
         with ExitStack() as cleanup:  # None: LightningCLI reads sys.argv itself (and does not warn)
+            cleanup.enter_context(_without_known_notices())
             _cli_class()(cleanup, overwrite, args=None if cli_args == sys.argv[1:] else cli_args)
     except ArgumentError as err:  # the arguments or the config file
         return report_error(args.command, err)
@@ -53,6 +56,32 @@ def lightning(args: argparse.Namespace) -> int:
     except UsageError as err:
         return report_error(args.command, err)
     return 0
+
+
+KNOWN_NOTICES = (
+    r"Found \d+ module\(s\) in eval mode at the start of training",  # G_ema: in eval mode by design
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # inside Lightning, about torch's pytree API
+)
+"""Warnings that every run would print and that need no action from the user: filtered while a command runs."""
+
+
+@contextmanager
+def _without_known_notices() -> Iterator[None]:
+    """Within the block, :data:`KNOWN_NOTICES` and Lightning's advertisement for its cloud logger are not shown."""
+    import logging
+
+    def not_an_advert(record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+    lightning_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    with warnings.catch_warnings():
+        for message in KNOWN_NOTICES:
+            warnings.filterwarnings("ignore", message=message)
+        lightning_log.addFilter(not_an_advert)
+        try:
+            yield
+        finally:
+            lightning_log.removeFilter(not_an_advert)
 
 
 class _Finished(Exception):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -238,3 +239,11 @@ def test_a_full_disk_while_appending_a_record_names_the_file(tmp_path, monkeypat
     with pytest.raises(OSError) as err:
         append_metric_record(tmp_path, {"metric": "fd_x", "value": 1.0})
     assert err.value.errno == errno.ENOSPC and err.value.filename == str(tmp_path / "metric-fd_x.jsonl")
+
+
+def test_fit_prints_no_notices_that_need_no_action(tmp_path, recwarn, caplog):
+    caplog.set_level(logging.INFO)
+    assert fit(tmp_path / "run") == 0
+    shown = [str(w.message) for w in recwarn] + [r.getMessage() for r in caplog.records]
+    assert [m for m in shown if "eval mode" in m or "litlogger" in m or "LeafSpec" in m] == []
+    assert any("GPU available" in m for m in shown)  # Lightning's other messages still come through
