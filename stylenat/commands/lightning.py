@@ -10,16 +10,18 @@ resolved config and every run saves it in its log directory.
 
 ``fit`` guards its run directory (``trainer.log_dir``, else ``trainer.default_root_dir``; see
 :mod:`stylenat.training.runs`): it locks it for the run, refuses to start a fresh run where one already is
-(unless ``--overwrite``, a flag of this command that is not saved in the config), checks the checkpoint it resumes from (``--ckpt_path last`` with none there is an
-error, not a fresh start; a finished run says so and trains nothing), and removes the temporary files of
-writes that a killed run left. A mistake in the arguments, the config, the data or the checkpoint ends
-with one line ``stylenat fit: error: ...`` and exit code 2.
+(unless ``--overwrite``, a flag of this command that is not saved in the config), checks the checkpoint it
+resumes from (``--ckpt_path last`` with none there is an error, not a fresh start; a finished run says so
+and trains nothing), and removes the temporary files of writes that a killed run left. A mistake in the
+arguments, the config, the data or the checkpoint, found while parsing, building the objects or in their
+``setup`` hooks, and a full disk end with one line ``stylenat fit: error: ...`` and exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -45,8 +47,9 @@ def lightning(args: argparse.Namespace) -> int:
     overwrite = args.command == "fit" and OVERWRITE in args.argv
     cli_args = [args.command, *(a for a in args.argv if not (overwrite and a == OVERWRITE))]
     try:
-        with ExitStack() as cleanup:  # None: LightningCLI reads sys.argv itself (and does not warn)
+        with ExitStack() as cleanup:
             cleanup.enter_context(_without_known_notices())
+            # args=None: LightningCLI reads sys.argv itself (and does not warn that both were given)
             _cli_class()(cleanup, overwrite, args=None if cli_args == sys.argv[1:] else cli_args)
     except ArgumentError as err:  # the arguments or the config file
         return report_error(args.command, err)
@@ -96,6 +99,7 @@ def _cli_class():
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
 
+    from stylenat.training.callbacks import run_dir
     from stylenat.training.runs import (RunError, RunLock, earlier_run_outputs, read_checkpoint,
                                         remove_stale_temporaries)
 
@@ -120,15 +124,19 @@ def _cli_class():
                 self.trainer.fit(model, **kwargs)
             except OSError as err:  # a full disk, a vanished dataset: one line naming the path
                 if err.filename is None:
-                    err = OSError(err.errno, err.strerror, self.trainer.log_dir or self.trainer.default_root_dir)
+                    err = OSError(err.errno, err.strerror, str(run_dir(self.trainer)))
+                raise UsageError(describe(err)) from err
+            except ValueError as err:
+                if not _raised_in_setup(err):  # a bug in training: keep the traceback
+                    raise
                 raise UsageError(describe(err)) from err
 
         def _guard_run_directory(self, ckpt_path: str | None) -> str | None:
             """Lock the run directory and check the run may start (or resume) there; returns the checkpoint to
             resume from (``last`` resolved)."""
             trainer = self.trainer
-            run_dir = Path(trainer.log_dir or trainer.default_root_dir)
-            lock = RunLock(run_dir)
+            directory = run_dir(trainer)
+            lock = RunLock(directory)
             try:
                 stale = lock.acquire()
             except RunError as err:
@@ -136,45 +144,51 @@ def _cli_class():
             self.cleanup.callback(lock.release)
             if stale:
                 print(f"note: took over the stale lock of a run that is gone (pid {stale.get('pid')} on "
-                      f"{stale.get('host')}) in {run_dir}", file=sys.stderr)
+                      f"{stale.get('host')}) in {directory}", file=sys.stderr)
             checkpoint_dirs = {Path(cb.dirpath) for cb in trainer.checkpoint_callbacks
                                if isinstance(cb, ModelCheckpoint) and cb.dirpath}
-            remove_stale_temporaries(run_dir, run_dir / "checkpoints", *checkpoint_dirs)
+            remove_stale_temporaries(directory, directory / "checkpoints", *checkpoint_dirs)
             if ckpt_path is None:
-                outputs = earlier_run_outputs(run_dir)
+                outputs = earlier_run_outputs(directory)
                 if outputs and not self.overwrite:
                     shown = ", ".join(outputs[:3]) + (", ..." if len(outputs) > 3 else "")
-                    raise UsageError(f"{run_dir} already holds a run ({shown}): resume it with --ckpt_path last, "
+                    raise UsageError(f"{directory} already holds a run ({shown}): resume it with --ckpt_path last, "
                                      "start over there with --overwrite, or choose another run directory")
                 return None
             if ckpt_path == "last":
-                ckpt_path = self._last_checkpoint(run_dir)
+                ckpt_path = self._last_checkpoint(directory)
             try:
                 checkpoint = read_checkpoint(ckpt_path)
             except RunError as err:
                 raise UsageError(str(err)) from err
-            self._stop_if_finished(checkpoint, run_dir)
+            self._stop_if_finished(checkpoint, directory)
             return str(ckpt_path)
 
-        def _last_checkpoint(self, run_dir: Path) -> str:
+        def _last_checkpoint(self, directory: Path) -> str:
             """The newest ``last*.ckpt`` of the checkpoint callbacks, as Lightning resolves ``ckpt_path="last"``."""
             candidates = set()
             for callback in self.trainer.checkpoint_callbacks:
                 if isinstance(callback, ModelCheckpoint):
                     candidates |= callback._find_last_checkpoints(self.trainer)
             if not candidates:
-                raise UsageError(f"--ckpt_path last: no last checkpoint in {run_dir / 'checkpoints'} to resume from; "
+                raise UsageError(f"--ckpt_path last: no last checkpoint in {directory / 'checkpoints'} to resume from; "
                                  "run without --ckpt_path to start a fresh run")
             return max(candidates, key=lambda path: Path(path).stat().st_mtime)
 
-        def _stop_if_finished(self, checkpoint: dict, run_dir: Path) -> None:
+        def _stop_if_finished(self, checkpoint: dict, directory: Path) -> None:
             total_kimg = self.model.hparams.get("total_kimg")
             cur_nimg = checkpoint.get("cur_nimg")
             if total_kimg is not None and cur_nimg is not None and cur_nimg >= round(total_kimg * 1000):
-                raise _Finished(f"{run_dir}: already finished at {cur_nimg / 1000:g} kimg (model.total_kimg is "
+                raise _Finished(f"{directory}: already finished at {cur_nimg / 1000:g} kimg (model.total_kimg is "
                                 f"{total_kimg:g}); nothing to train. Raise --model.total_kimg to train further.")
 
     return StyleNATCLI
+
+
+def _raised_in_setup(err: BaseException) -> bool:
+    """Whether ``err`` came from a ``setup`` / ``prepare_data`` hook: a mistake in the config or the data (the
+    data resolution against the generator's, a dataset that does not open), not a bug in a training step."""
+    return any(frame.f_code.co_name in ("setup", "prepare_data") for frame, _ in traceback.walk_tb(err.__traceback__))
 
 
 def _root_cause(err: BaseException) -> str:

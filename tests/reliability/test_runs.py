@@ -180,6 +180,8 @@ def test_missing_data_and_config_are_one_line(tmp_path, capsys):
     assert f"missing.yaml" in one_error_line(capsys)
     assert main(["fit"]) == 2
     assert "stylenat fit --config configs/demo.yaml" in one_error_line(capsys)
+    assert fit(tmp_path / "run", "--data.resolution", "32") == 2  # found in LightningModule.setup
+    assert "data.resolution is 32 but the generator (model.generator='demo') makes 16px" in one_error_line(capsys)
 
 
 def test_a_full_disk_says_so_with_the_path(tmp_path, monkeypatch, capsys):
