@@ -32,6 +32,8 @@ from stylenat.commands import Command, UsageError, describe, report_error
 OVERWRITE = "--overwrite"
 """A flag of ``stylenat fit`` itself, not of the config: it is never saved in the run's ``config.yaml``, so
 re-running a saved config cannot overwrite anything by accident."""
+FIT_DESCRIPTION = ("Train. --overwrite (a flag of this command, not saved in the config) starts a fresh run in a "
+                   "run directory that already holds one; --ckpt_path last resumes it.")
 NO_CONFIG_HINT = "no model or data given: start with stylenat fit --config configs/demo.yaml (the CPU demo)"
 
 
@@ -109,7 +111,8 @@ def _cli_class():
             self.overwrite = overwrite
             super().__init__(LightningModule, LightningDataModule, subclass_mode_model=True,
                              subclass_mode_data=True, save_config_kwargs={"overwrite": True},
-                             parser_kwargs={"exit_on_error": False}, args=args)
+                             parser_kwargs={"exit_on_error": False, "fit": {"description": FIT_DESCRIPTION}},
+                             args=args)
 
         def instantiate_classes(self) -> None:
             try:
