@@ -26,7 +26,13 @@ def _lightning(argv: list[str]) -> int:
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
 
-    LightningCLI(
+    from stylenat.training.callbacks import use_safe_checkpoint_io
+
+    class CLI(LightningCLI):
+        def instantiate_trainer(self, **kwargs):  # --ckpt_path is read as data, never run (AtomicCheckpointIO)
+            return use_safe_checkpoint_io(super().instantiate_trainer(**kwargs))
+
+    CLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
