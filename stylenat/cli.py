@@ -6,6 +6,8 @@
     stylenat fid --ckpt G --ref ffhq:256:trainval70k   FID / KID with a recorded protocol
     stylenat attention-map --ckpt G --resolution 64 --query 10,3   what each head group attends
     stylenat throughput --preset ffhq256 --batch 1     generator img/s per natten_ops backend
+    stylenat convert SRC OUT.safetensors               published or trained weights -> our export
+    stylenat evaluate-classifier --ckpt C --data DIR   top-1/top-5 and throughput of a NAT/DiNAT
     stylenat info                                      versions and natten_ops backends
 
 ``fit`` / ``validate`` / ``test`` are LightningCLI subcommands: the model and data module are chosen by
@@ -78,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = sub.add_parser("prepare", help="convert a dataset to a zip (stylenat prepare --help)", add_help=False)
     prepare.add_argument("rest", nargs=argparse.REMAINDER)
     prepare.set_defaults(run=_prepare)
+    from stylenat.commands import convert, evaluate_classifier
+
+    COMMANDS = {**COMMANDS, "convert": convert.COMMAND, "evaluate-classifier": evaluate_classifier.COMMAND}
     for name, command in {**COMMANDS, "throughput": _throughput_command()}.items():
         command_parser = sub.add_parser(name, help=command.help, description=command.help)
         command.add_arguments(command_parser)

@@ -23,6 +23,7 @@ from pathlib import Path
 GRID_NAME = "grid.png"
 LATENTS_NAME = "latents.npz"
 INTERPOLATION_NAME = "interpolation"  # folder of frameNNNN.png, and the video's stem
+CKPT_HELP = "generator export (.safetensors), training checkpoint (.ckpt) or reference StyleNAT checkpoint"
 MIN_DISPLAY_SIZE = 256  # attention maps of smaller samples are enlarged (nearest) to at least this
 
 
@@ -69,6 +70,16 @@ def _check_at_least(minimum: int, **flags: int) -> None:
             raise ValueError(f"--{flag} must be >= {minimum}, got {value}")
 
 
+def _load_generator(path: str, device):
+    """``load_generator``, printing its note when it converted a reference StyleNAT checkpoint in memory."""
+    from stylenat.models.checkpoint import load_generator
+
+    G, info = load_generator(path, device)
+    if "note" in info:
+        print(info["note"])
+    return G, info
+
+
 def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
 
@@ -78,7 +89,7 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
 
 
 def _generate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, help="generator export (.safetensors) or training checkpoint (.ckpt)")
+    parser.add_argument("--ckpt", required=True, help=CKPT_HELP)
     parser.add_argument("--seeds", help="seeds and ranges, e.g. 0-15,42,100-103 (one seedNNNN.png each)")
     parser.add_argument("--trunc", type=float, default=1.0, help="truncation psi (default 1: none)")
     parser.add_argument("--cutoff", type=int, help="truncate only the first N style inputs (default: all)")
@@ -97,7 +108,6 @@ def _generate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from stylenat.models.checkpoint import load_generator
     from stylenat.sampling import parse_seeds
 
     seeds = parse_seeds(args.seeds) if args.seeds is not None else []
@@ -106,7 +116,7 @@ def _generate(args: argparse.Namespace) -> int:
     _check_at_least(1, batch=args.batch, fps=args.fps)
     if args.interpolate is not None:
         _check_at_least(2, frames=args.frames)
-    G, _ = load_generator(args.ckpt, _device(args.device))
+    G, _ = _load_generator(args.ckpt, _device(args.device))
     if args.cutoff is not None and not 1 <= args.cutoff <= G.num_ws:
         raise ValueError(f"--cutoff must lie in [1, {G.num_ws}] (this generator's style inputs), got {args.cutoff}")
     outdir = Path(args.outdir)
@@ -175,7 +185,7 @@ def _save_interpolation(G, args: argparse.Namespace, outdir: Path) -> list[str]:
 
 def _fid_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ckpt", help="generator export (.safetensors) or training checkpoint (.ckpt) to sample")
+    source.add_argument("--ckpt", help=CKPT_HELP)
     source.add_argument("--images", help="folder (or zip) of images to measure instead of a generator")
     reference = parser.add_mutually_exclusive_group(required=True)
     reference.add_argument("--ref", help="clean-fid's named statistics NAME:RESOLUTION:SPLIT, e.g. ffhq:256:trainval70k")
@@ -199,7 +209,6 @@ def _fid_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _fid(args: argparse.Namespace) -> int:
     from stylenat.metrics import ImageFiles, dataset_features, evaluate_features, evaluate_generator
-    from stylenat.models.checkpoint import load_generator
     from stylenat.metrics import build_extractor, build_reference, parse_reference_name
 
     if args.images is not None and (args.seed is not None or args.trunc is not None):
@@ -207,7 +216,7 @@ def _fid(args: argparse.Namespace) -> int:
     _check_at_least(1, num=args.num, batch=args.batch)
     device = _device(args.device)
     if args.ckpt is not None:
-        G, info = load_generator(args.ckpt, device)
+        G, info = _load_generator(args.ckpt, device)
         resolution = G.size
     else:
         images = ImageFiles(args.images)
@@ -240,7 +249,7 @@ def _fid(args: argparse.Namespace) -> int:
 
 
 def _attention_map_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, help="generator export (.safetensors) or training checkpoint (.ckpt)")
+    parser.add_argument("--ckpt", required=True, help=CKPT_HELP)
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
     parser.add_argument("--trunc", type=float, default=1.0, help="truncation psi (default 1: none)")
     parser.add_argument("--resolution", type=int, required=True,
@@ -265,13 +274,12 @@ def _attention_map(args: argparse.Namespace) -> int:
     import torch
 
     from stylenat.metrics import to_uint8, z_from_seeds
-    from stylenat.models.checkpoint import load_generator
     from stylenat.sampling import (attention_probabilities, capture_output, hydra_attention, overlay_attention,
                                    save_png, window_masks)
 
     x, y = _parse_query(args.query)
     device = _device(args.device)
-    G, _ = load_generator(args.ckpt, device)
+    G, _ = _load_generator(args.ckpt, device)
     attn = hydra_attention(G, args.resolution, args.block)
     masks = window_masks(attn, args.resolution, x, y)  # also checks the query
     with capture_output(attn.qkv) as captured, torch.no_grad():
