@@ -15,6 +15,7 @@ import argparse
 import os
 import pickle
 import re
+import warnings
 from typing import Any
 
 import torch
@@ -33,7 +34,8 @@ def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     pickle that asks for anything else; other read errors propagate as ``torch.load`` raises them.
     """
     try:
-        with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)):
+        with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")  # a bare pickle: refused below anyway
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         lines = [line.strip() for line in str(err).splitlines()]
