@@ -208,7 +208,8 @@ def classifier_weights(content: Any, kind: str, path: Path, model: str | None = 
         prefix = "ema.module." if any(k.startswith("ema.module.") for k in content["state_dict"]) else "model."
         state = {k[len(prefix):]: v for k, v in content["state_dict"].items() if k.startswith(prefix)}
         overrides = dict(hparams.get("model_overrides") or {})
-        source = f"our ImageClassifier training checkpoint ({hparams['model']}, {'EMA' if 'ema' in prefix else 'trained'} weights)"
+        which = "EMA" if prefix == "ema.module." else "trained"
+        source = f"our ImageClassifier training checkpoint ({hparams['model']}, {which} weights)"
         return ClassifierWeights(hparams["model"], int(hparams["num_classes"]), state, OURS_EVAL, overrides, source)
     state_dict, where = _nat_state_dict(content)
     origin = "transformers" if kind == "nat-transformers" else "reference-repository"
