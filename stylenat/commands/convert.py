@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from stylenat.evaluate_cli import Command, _with_clean_errors
+from stylenat.commands import Command, with_clean_errors
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,4 +34,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 COMMAND = Command("convert published or trained weights to our .safetensors export",
-                  add_arguments, _with_clean_errors("convert", run))
+                  add_arguments, with_clean_errors(run))

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-from stylenat.evaluate_cli import Command, _add_device, _check_at_least, _device, _with_clean_errors
+from stylenat.commands import Command, with_clean_errors
+from stylenat.commands.options import add_device, check_at_least, resolve_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop-pct", type=float, help="centre-crop fraction (default: the weights' own, e.g. 0.875)")
     parser.add_argument("--batch", type=int, default=64, help="images per batch (default 64)")
     parser.add_argument("--workers", type=int, default=4, help="data loader processes (default 4)")
-    _add_device(parser)
+    add_device(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,14 +34,14 @@ def run(args: argparse.Namespace) -> int:
     from stylenat.metrics.classification import LabelledImages, eval_transform, evaluate_classifier
     from stylenat.models.pretrained import load_classifier
 
-    _check_at_least(1, batch=args.batch)
-    _check_at_least(0, workers=args.workers)
+    check_at_least(1, batch=args.batch)
+    check_at_least(0, workers=args.workers)
     if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
         raise ValueError(f"--crop-pct must lie in (0, 1], got {args.crop_pct}")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     weights = load_classifier(args.ckpt, model=args.model)
     if args.img_size is not None:
-        _check_at_least(1, **{"img-size": args.img_size})
+        check_at_least(1, **{"img-size": args.img_size})
         weights.overrides["img_size"] = args.img_size
     if args.crop_pct is not None:
         weights.preprocessing = dataclasses.replace(weights.preprocessing, crop_pct=args.crop_pct)
@@ -58,4 +59,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 COMMAND = Command("top-1/top-5 and throughput of a NAT/DiNAT classifier on an image folder",
-                  add_arguments, _with_clean_errors("evaluate-classifier", run))
+                  add_arguments, with_clean_errors(run))

@@ -7,7 +7,7 @@
   words FID / KID only for the Inception protocol);
 - :mod:`.weights` — offline-first lookup of the Inception weights;
 - :mod:`.reference` — clean-fid's named statistics and our cached dataset statistics;
-- :mod:`.sampling` / :mod:`.datasets` — seeded generator samples and dataset images to features,
+- :mod:`.samples` / :mod:`.datasets` — seeded generator samples and dataset images to features,
   sharded over DDP ranks; :mod:`.distributed` holds the sharding and gathering;
 - :mod:`.evaluate` / :mod:`.records` — metrics with their full protocol, appended to
   ``metric-<name>.jsonl``.
@@ -22,12 +22,12 @@ from stylenat.metrics.records import append_metric_record
 from stylenat.metrics.reference import (NAMED_STATS, ReferenceStats, build_reference, dataset_reference_stats,
                                         named_reference_stats, parse_reference_name, path_reference_stats,
                                         stats_cache_dir)
-from stylenat.metrics.sampling import Generator, generator_features, to_uint8, z_from_seeds
+from stylenat.metrics.samples import GeneratorFn, generator_features, to_uint8, z_from_seeds
 from stylenat.metrics.weights import WEIGHTS_ENV, InceptionWeightsNotFound, find_inception_weights
 
 __all__ = [
     "INCEPTION", "MODES", "NAMED_STATS", "WEIGHTS_ENV",
-    "CleanFIDExtractor", "FeatureExtractor", "Generator", "ImageFiles", "InceptionWeightsNotFound", "ReferenceStats",
+    "CleanFIDExtractor", "FeatureExtractor", "GeneratorFn", "ImageFiles", "InceptionWeightsNotFound", "ReferenceStats",
     "append_metric_record", "build_extractor", "build_reference", "dataset_features", "dataset_reference_stats", "evaluate_features",
     "evaluate_generator", "feature_stats", "find_inception_weights", "fingerprint_path", "frechet_distance",
     "generator_features", "inception_extractor", "kernel_distance", "metric_name", "named_reference_stats",

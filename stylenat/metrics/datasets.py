@@ -3,7 +3,7 @@
 :func:`dataset_features` takes any map-style dataset (``len`` + indexing, e.g. the data package's
 folder / zip / LMDB datasets) or any iterable. Items are images ``[3, H, W]`` (tensor or array), or
 tuples whose first element is one: uint8 in [0, 255], or float in [-1, 1] as the data package gives
-them (``u / 127.5 - 1``), which :func:`~stylenat.metrics.sampling.to_uint8` turns back into exactly
+them (``u / 127.5 - 1``), which :func:`~stylenat.metrics.samples.to_uint8` turns back into exactly
 the original bytes. :class:`ImageFiles` is a minimal reader for a folder or a
 zip, and :func:`fingerprint_path` identifies what is on disk so cached statistics are reused only
 while the data is unchanged.
@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from stylenat.metrics.distributed import gather_features, own_share, rank_and_world, shard
 from stylenat.metrics.extractors import FeatureExtractor
-from stylenat.metrics.sampling import to_uint8
+from stylenat.metrics.samples import to_uint8
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 

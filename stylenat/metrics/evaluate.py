@@ -27,7 +27,7 @@ from stylenat.metrics.distributed import rank_and_world
 from stylenat.metrics.extractors import FeatureExtractor, metric_name
 from stylenat.metrics.records import append_metric_record
 from stylenat.metrics.reference import ReferenceStats
-from stylenat.metrics.sampling import Generator, generator_features
+from stylenat.metrics.samples import GeneratorFn, generator_features
 
 
 def _check_kid(reference: ReferenceStats, kid: bool) -> None:
@@ -75,7 +75,7 @@ def evaluate_features(features: np.ndarray, reference: ReferenceStats, *, extrac
     return records
 
 
-def evaluate_generator(generator: Generator, reference: ReferenceStats, *, extractor: FeatureExtractor,
+def evaluate_generator(generator: GeneratorFn, reference: ReferenceStats, *, extractor: FeatureExtractor,
                        num_samples: int = 50_000, seed: int = 0, z_dim: int = 512, batch_size: int = 32,
                        device: str | torch.device = "cpu", truncation: float = 1.0, kid: bool = False,
                        kid_subsets: int = 100, kid_subset_size: int = 1000,

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from stylenat.metrics.distributed import gather_features, own_share, rank_and_world, shard
 from stylenat.metrics.extractors import FeatureExtractor
 
-Generator = Callable[[Tensor], Tensor]
+GeneratorFn = Callable[[Tensor], Tensor]
 """``z`` ``[B, z_dim]`` -> images float ``[B, 3, H, W]`` in [-1, 1] (truncation etc. applied inside)."""
 
 MAX_SEED = 2**32 - 1
@@ -46,7 +46,7 @@ def z_from_seeds(seeds: Iterable[int], z_dim: int) -> Tensor:
 
 
 @torch.no_grad()
-def generator_features(generator: Generator, extractor: FeatureExtractor, *, num_samples: int, seed: int = 0,
+def generator_features(generator: GeneratorFn, extractor: FeatureExtractor, *, num_samples: int, seed: int = 0,
                        z_dim: int = 512, batch_size: int = 32, device: str | torch.device = "cpu",
                        resolution: int | None = None, verbose: bool = True) -> np.ndarray:
     """Features ``[num_samples, D]`` of samples ``0 .. num_samples-1`` (seeds ``seed + i``), in order.
