@@ -70,11 +70,11 @@ def test_a_link_to_a_folder_outside_is_followed(tmp_path):
 
 
 def test_prepare_reports_the_loop_in_its_summary(double_loop, tmp_path, capsys):
-    from stylenat.data.prepare import prepare_main
+    from stylenat.cli import main
 
     out = tmp_path / "out.zip"
     with pytest.warns(UserWarning):
-        assert prepare_main([str(double_loop), str(out), "--resolution", "8"]) == 0
+        assert main(["prepare", str(double_loop), str(out), "--resolution", "8"]) == 0
     said = capsys.readouterr().out
     assert "wrote 5 images" in said and "did not re-enter" in said
     with zipfile.ZipFile(out) as archive:
