@@ -25,6 +25,7 @@ Every ``torch.save`` file is read with :func:`~stylenat.models.safe_load.load_to
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -160,19 +161,28 @@ def identify(content: Any, metadata: Mapping[str, str] | None = None) -> str:
 # Classifiers
 
 
+def head_classes(state_dict: Mapping[str, Tensor]) -> int:
+    """The class count of a NAT / DiNAT state dict (reference ``head`` or transformers ``classifier``); 0: none."""
+    return next((int(v.shape[0]) for k, v in state_dict.items() if re.fullmatch(r"(head|classifier)\.weight", k)), 0)
+
+
+@functools.lru_cache(maxsize=None)
+def shapes_only(name: str, num_classes: int) -> NAT:
+    """Registered variant ``name`` on the meta device: its tensor names and shapes, no memory."""
+    with torch.device("meta"):
+        return create_model(name, num_classes=num_classes)
+
+
 def infer_classifier(state_dict: Mapping[str, Tensor], source_name: str = "") -> tuple[str, dict[str, Tensor], str]:
     """``(registry name, state dict in our naming, how the name was chosen)`` for a reference or
     transformers NAT / DiNAT state dict: the registered variants whose every tensor it fits (built on the
     meta device), narrowed by the transformers prefix (``nat.`` / ``dinat.``) and then by a variant name
     in ``source_name`` (``dinat_mini_in1k_224.pth``). A ``ValueError`` when no variant or several fit."""
-    num_classes = next((int(v.shape[0]) for k, v in state_dict.items()
-                        if re.fullmatch(r"(head|classifier)\.weight", k)), 0)
+    num_classes = head_classes(state_dict)
     fits = {}
     for name in list_models():
-        with torch.device("meta"):
-            model = create_model(name, num_classes=num_classes)
         try:
-            fits[name] = checkpoint_filter_fn(dict(state_dict), model)
+            fits[name] = checkpoint_filter_fn(dict(state_dict), shapes_only(name, num_classes))
         except ValueError:
             continue
     if not fits:
@@ -214,14 +224,11 @@ def classifier_weights(content: Any, kind: str, path: Path, model: str | None = 
     state_dict, where = _nat_state_dict(content)
     origin = "transformers" if kind == "nat-transformers" else "reference-repository"
     if model is not None:
-        num_classes = next((int(v.shape[0]) for k, v in state_dict.items()
-                            if re.fullmatch(r"(head|classifier)\.weight", k)), 0)
-        with torch.device("meta"):
-            network = create_model(model, num_classes=num_classes)
-        name, state, how = model, checkpoint_filter_fn(state_dict, network), "named with --model"
+        name, how = model, "named with --model"
+        state = checkpoint_filter_fn(state_dict, shapes_only(model, head_classes(state_dict)))
     else:
         name, state, how = infer_classifier(state_dict, path.name)
-    num_classes = int(state["head.weight"].shape[0]) if "head.weight" in state else 0
+    num_classes = head_classes(state)
     return ClassifierWeights(name, num_classes, state, IMAGENET_EVAL, {},
                              f"{origin} NAT / DiNAT state dict{where}: {name} ({how}), {num_classes} classes")
 

@@ -19,9 +19,9 @@ from stylenat.metrics.classification import LabelledImages, eval_transform, eval
 from stylenat.models.checkpoint import load_generator
 from stylenat.models.convert import REFERENCE_PRESETS, infer_generator_preset
 from stylenat.models.generator import create_generator
-from stylenat.models.nat import create_model, to_transformers
-from stylenat.models.pretrained import (IMAGENET_EVAL, OURS_EVAL, Preprocessing, convert, identify, load_classifier,
-                                        read_source)
+from stylenat.models.nat import create_model, list_models, to_transformers
+from stylenat.models.pretrained import (IMAGENET_EVAL, OURS_EVAL, Preprocessing, shapes_only, convert, identify,
+                                        infer_classifier, load_classifier, read_source)
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
 G256, G1024 = "official_stylenat_g256_legacy_state_dict.txt", "official_stylenat_g1024_legacy_state_dict.txt"
@@ -192,6 +192,12 @@ def test_reference_classifier_converts_with_registry_name_and_classes(tmp_path, 
     weights = load_classifier(tmp_path / "c.safetensors")
     assert (weights.model, weights.num_classes, weights.preprocessing) == (model, 1000, IMAGENET_EVAL)
     assert all(torch.equal(weights.state_dict[k], v) for k, v in state.items())
+
+
+def test_every_registered_variant_is_recognised_from_its_shapes_and_file_name():
+    for name in list_models():
+        state_dict = shapes_only(name, 1000).state_dict()
+        assert infer_classifier(state_dict, f"{name}_in1k_224.pth")[0] == name
 
 
 def test_nat_and_dinat_shapes_agree_so_an_unnamed_file_needs_model(tmp_path):
