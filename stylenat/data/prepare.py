@@ -4,7 +4,8 @@ The output holds ``00000/img00000000.png``, ``00000/img00000001.png``, ... (1,00
 ``resolution x resolution`` RGB, and a ``dataset.json`` with ``"labels"`` (``[[name, class], ...]`` when
 the source has labels, else ``null``, as StyleGAN's ``dataset_tool.py`` writes) and ``"prepare"``: the
 source, resolution, resize filter and centre-crop flag, and the unreadable files left out. Recording
-the filter matters: FID differs by about a point between ``box`` and ``lanczos`` downsampling.
+the filter matters: FID differs by about a point between ``box`` and ``lanczos`` downsampling, and
+:func:`prepared_filter` reads it back (the metrics warn when it differs from the reference statistics').
 
 The zip is written to a temporary file beside the target and renamed into place, so an interrupted run
 never leaves a half-written dataset under the target name.
@@ -101,4 +102,25 @@ def prepare(src: str | os.PathLike, out_zip: str | os.PathLike, resolution: int,
         os.replace(temporary, out)
     finally:
         temporary.unlink(missing_ok=True)
+<<<<<<< HEAD
     return PrepareResult(out, written, skipped, scan)
+=======
+    return PrepareResult(out, written, skipped)
+
+
+def prepared_filter(path: str | os.PathLike) -> str | None:
+    """The resize filter ``stylenat prepare`` recorded in a zip's ``dataset.json`` (None: not recorded, or not
+    a zip)."""
+    path = Path(path)
+    if path.suffix.lower() != ".zip" or not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as archive:
+        if "dataset.json" not in archive.namelist():
+            return None
+        try:
+            meta = json.loads(archive.read("dataset.json"))
+        except json.JSONDecodeError:
+            return None
+    prepared = meta.get("prepare") if isinstance(meta, dict) else None
+    return prepared.get("filter") if isinstance(prepared, dict) else None
+>>>>>>> main

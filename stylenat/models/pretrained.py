@@ -40,10 +40,10 @@ from torch import Tensor
 
 from stylenat.models.checkpoint import (GENERATOR_KIND, generator_from_training_checkpoint, save_generator,
                                         save_safetensors_atomic)
-from stylenat.models.convert import (IMAGENET_MEAN, IMAGENET_STD, is_official_checkpoint, official_generator,
-                                     official_state_dict)
+from stylenat.models.convert import is_official_checkpoint, official_generator, official_state_dict
 from stylenat.models.generator import create_generator
 from stylenat.models.nat import NAT, checkpoint_filter_fn, create_model, list_models
+from stylenat.models.pixels import IMAGENET_MEAN, IMAGENET_STD
 from stylenat.models.safe_load import load_torch_file
 
 CLASSIFIER_KIND = "stylenat-classifier"
