@@ -48,13 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def fid(args: argparse.Namespace) -> int:
     from stylenat.metrics import ImageFiles, dataset_features, evaluate_features, evaluate_generator
-<<<<<<< HEAD
-    from stylenat.metrics import build_extractor, build_reference, parse_reference_name
-=======
-    from stylenat.models.checkpoint import load_generator
     from stylenat.metrics import (build_extractor, build_reference, parse_reference_name, resolve_protocol,
                                   warn_if_filters_differ)
->>>>>>> main
 
     if args.images is not None and (args.seed is not None or args.trunc is not None):
         raise ValueError("--seed and --trunc describe generator samples: use them with --ckpt, not --images")

@@ -102,10 +102,7 @@ def prepare(src: str | os.PathLike, out_zip: str | os.PathLike, resolution: int,
         os.replace(temporary, out)
     finally:
         temporary.unlink(missing_ok=True)
-<<<<<<< HEAD
     return PrepareResult(out, written, skipped, scan)
-=======
-    return PrepareResult(out, written, skipped)
 
 
 def prepared_filter(path: str | os.PathLike) -> str | None:
@@ -123,4 +120,3 @@ def prepared_filter(path: str | os.PathLike) -> str | None:
             return None
     prepared = meta.get("prepare") if isinstance(meta, dict) else None
     return prepared.get("filter") if isinstance(prepared, dict) else None
->>>>>>> main

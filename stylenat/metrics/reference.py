@@ -33,11 +33,7 @@ from pathlib import Path
 
 import cleanfid
 import numpy as np
-<<<<<<< HEAD
-=======
-import torch
 from torch.utils.data import Subset
->>>>>>> main
 
 from stylenat.metrics import weights
 from stylenat.metrics.datasets import dataset_features, fingerprint_path
