@@ -1,7 +1,5 @@
-"""Our model files, and reading any user-supplied checkpoint without running code from it.
-
-Generator files: the small G_ema export that sampling and evaluation load, and reading a generator
-back from that export, a full training checkpoint or a reference StyleNAT checkpoint.
+"""Generator files: the small G_ema export that sampling and evaluation load, and reading a generator
+back from that export, a full training checkpoint or a reference StyleNAT checkpoint (converted in memory).
 
 The export is one safetensors file: the generator's state dict (``w_avg`` included) plus metadata
 ``kind = "stylenat-generator"``, ``preset`` (a ``create_generator`` name), ``overrides`` (JSON of its
@@ -11,14 +9,8 @@ A training checkpoint (Lightning ``.ckpt``) is recognised by ``hyper_parameters[
 preset name), ``hyper_parameters["generator_kwargs"]`` (overrides) and ``state_dict`` keys under
 ``G_ema.``, which is what :class:`stylenat.training.gan.StyleNATGAN` saves.
 
-Classifier export: a safetensors file of a NAT / DiNAT state dict in the reference naming, with metadata
-``kind = "stylenat-classifier"``, ``model`` (a :func:`stylenat.models.nat.create_model` name),
-``num_classes``, ``overrides`` (JSON) and the input normalisation ``mean`` / ``std`` (JSON lists) the
-weights expect after mapping pixels to [0, 1]. A plain safetensors state dict (what
-``ImageClassifier.export_weights`` writes) stays loadable with ``create_model(..., pretrained=)``.
-
-Files are data, never code: ``.ckpt`` / ``.pt`` files are read with
-:func:`stylenat.models.safe_load.load_torch_file`.
+The classifier export lives in :mod:`stylenat.models.pretrained`. Files are data, never code: ``.ckpt`` /
+``.pt`` files are read with :func:`stylenat.models.safe_load.load_torch_file`.
 """
 
 from __future__ import annotations
@@ -34,12 +26,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from stylenat.models.convert import is_official_checkpoint, official_generator
 from stylenat.models.generator import Generator, create_generator
 from stylenat.models.safe_load import load_torch_file
 
 GENERATOR_KIND = "stylenat-generator"
-CLASSIFIER_KIND = "stylenat-classifier"
 EMA_PREFIX = "G_ema."
+
+
 def save_safetensors_atomic(tensors: dict[str, Tensor], path: str | os.PathLike,
                             metadata: dict[str, str] | None = None) -> Path:
     """Write a safetensors file atomically: a temporary file beside ``path``, flushed to disk, then renamed
@@ -104,8 +98,6 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
     (``cur_nimg``, ...). Errors are one line naming the file and the problem (a converter's error lists
     every misfit tensor).
     """
-    from stylenat.models.convert import is_official_checkpoint, official_generator
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
