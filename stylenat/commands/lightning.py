@@ -101,7 +101,7 @@ def _cli_class():
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningCLI
 
-    from stylenat.training.callbacks import run_dir
+    from stylenat.training.callbacks import run_dir, use_safe_checkpoint_io
     from stylenat.training.runs import (RunError, RunLock, earlier_run_outputs, read_checkpoint,
                                         remove_stale_temporaries)
 
@@ -113,6 +113,21 @@ def _cli_class():
                              subclass_mode_data=True, save_config_kwargs={"overwrite": True},
                              parser_kwargs={"exit_on_error": False, "fit": {"description": FIT_DESCRIPTION}},
                              args=args)
+
+        def instantiate_trainer(self, **kwargs):  # --ckpt_path is read as data, never run (AtomicCheckpointIO)
+            return use_safe_checkpoint_io(super().instantiate_trainer(**kwargs))
+
+        def _parse_ckpt_path(self) -> None:
+            """LightningCLI reads the hyper-parameters of a ``--ckpt_path`` file here, before anything else:
+            check the file first, so a damaged or planted one is one line too."""
+            subcommand = self.config.get("subcommand")
+            ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+            if ckpt_path and Path(ckpt_path).is_file():
+                try:
+                    read_checkpoint(ckpt_path)
+                except RunError as err:
+                    raise UsageError(str(err)) from err
+            super()._parse_ckpt_path()
 
         def instantiate_classes(self) -> None:
             try:

@@ -9,8 +9,8 @@ of the checkpoint a run resumes from, and the clean-up of temporary files that k
 - :func:`earlier_run_outputs`: what marks a directory as holding a run (its ``config.yaml``, checkpoints,
   generator exports, metric records).
 - :func:`remove_stale_temporaries`: the ``.<name>.*.tmp`` files that atomic writers killed mid-write leave.
-- :func:`read_checkpoint`: a checkpoint's contents without running code from it (``weights_only=True``,
-  tensors memory-mapped, not read), or one line saying why it cannot be read.
+- :func:`read_checkpoint`: a checkpoint's contents without running code from it (weights only, tensors
+  memory-mapped, not read), or one line saying why it cannot be read.
 """
 
 from __future__ import annotations
@@ -118,12 +118,10 @@ def remove_stale_temporaries(*folders: str | os.PathLike) -> list[Path]:
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """A training checkpoint's contents, loaded with ``weights_only=True`` (no code from the file runs) and its
-    tensors memory-mapped (not read). Raises :class:`RunError` with one line naming the path and the reason:
-    missing, empty, truncated or not a checkpoint."""
-    import pickle
-
-    import torch
+    """A training checkpoint's contents, loaded as data (:func:`stylenat.models.safe_load.load_torch_file`: no
+    code from the file runs) with its tensors memory-mapped (not read). Raises :class:`RunError` with one line
+    naming the path and the reason: missing, empty, truncated, not a checkpoint, or holding code."""
+    from stylenat.models.safe_load import UnsafeCheckpointError, load_torch_file
 
     path = Path(path)
     if not path.is_file():
@@ -133,10 +131,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise RunError(f"checkpoint {path} is empty (0 bytes): a write was interrupted; resume from another "
                        "checkpoint or start without --ckpt_path")
     try:
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise RunError(f"checkpoint {path} holds objects other than tensors and plain data, which are not loaded "
-                       f"(they could run code): {str(err).splitlines()[0]}") from err
+        checkpoint = load_torch_file(path, "cpu", mmap=True)
+    except UnsafeCheckpointError as err:
+        raise RunError(f"checkpoint {err}") from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise RunError(f"checkpoint {path} ({size} bytes) is truncated or not a checkpoint: {reason}") from err

@@ -173,6 +173,13 @@ def test_a_damaged_last_checkpoint_is_one_line_naming_it(finished_run, damage, c
     assert ("is empty (0 bytes)" if damage == "zero-byte" else "is truncated or not a checkpoint") in line
 
 
+def test_a_truncated_checkpoint_given_by_path_is_one_line_too(finished_run, capsys):
+    last = finished_run / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])  # LightningCLI reads a --ckpt_path file before anything else
+    assert fit(finished_run, "--ckpt_path", str(last)) == 2
+    assert f"checkpoint {last} (1000 bytes) is truncated or not a checkpoint" in one_error_line(capsys)
+
+
 def test_missing_data_and_config_are_one_line(tmp_path, capsys):
     assert fit(tmp_path / "run", "--data.path", str(tmp_path / "nowhere")) == 2
     assert f"dataset path '{tmp_path / 'nowhere'}' does not exist" in one_error_line(capsys)
