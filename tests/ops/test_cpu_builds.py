@@ -2,7 +2,10 @@
 torch.set_num_threads, and the portable build (NATTEN_OPS_PORTABLE=1) computes what the default one does."""
 
 import os
+import shutil
+import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -73,3 +76,21 @@ def test_portable_build_matches_default_build(shape):
         results[name] = [out, lse, *grads]
     for got, want, name in zip(results["portable"], results["default"], ("out", "lse", "dq", "dk", "dv", "drpb")):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4, msg=name)
+
+
+AARCH64_CXX = "aarch64-linux-gnu-g++"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which(AARCH64_CXX) is None, reason=f"no {AARCH64_CXX} (apt-get install g++-aarch64-linux-gnu)")
+@pytest.mark.parametrize("source", _build.CPU_EXTENSION.sources)
+def test_cpu_kernels_compile_for_aarch64(source):
+    """The portable kernels hold no x86 intrinsics: the CPU sources compile for aarch64 (ARM laptops)."""
+    from torch.utils.cpp_extension import include_paths
+
+    includes = [f"-I{_build.CSRC}", *(f"-isystem{p}" for p in include_paths()),
+                f"-isystem{sysconfig.get_paths()['include']}"]
+    result = subprocess.run([AARCH64_CXX, "-std=c++20", "-O2", "-fopenmp", "-fsyntax-only",
+                             "-DTORCH_EXTENSION_NAME=natten_ops_cpu", *includes, str(_build.CSRC / source)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
