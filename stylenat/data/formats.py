@@ -11,13 +11,17 @@ import json
 import os
 import zipfile
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import lmdb
 from PIL import Image
 
 from stylenat.data.base import DECODE_ERRORS, ImageDataset
 from stylenat.data.transforms import IMAGE_EXTENSIONS, decode_image
+from stylenat.optional import require
+
+if TYPE_CHECKING:
+    import lmdb
 
 
 def require_path(path: str | os.PathLike, what: str) -> Path:
@@ -139,8 +143,13 @@ class ZipDataset(ImageDataset):
 _LMDB_ENVIRONMENTS: dict[tuple[int, int], lmdb.Environment] = {}
 
 
+def _lmdb() -> ModuleType:
+    return require("lmdb", "lmdb", "reading an LSUN LMDB dataset")
+
+
 def open_lmdb(folder: Path) -> lmdb.Environment:
     """The shared read-only environment of the LMDB in ``folder`` (keyed by its data file's identity)."""
+    lmdb = _lmdb()
     stat = (folder / "data.mdb").stat()
     key = (stat.st_dev, stat.st_ino)
     if key not in _LMDB_ENVIRONMENTS:
@@ -162,6 +171,7 @@ class LSUNDataset(ImageDataset):
         self.path = path.parent if path.is_file() else path
         if not (self.path / "data.mdb").is_file():
             raise ValueError(f"{str(self.path)!r} is not an LMDB folder (no data.mdb)")
+        lmdb = _lmdb()
         try:
             with open_lmdb(self.path).begin() as txn:
                 keys = list(txn.cursor().iternext(keys=True, values=False))

@@ -25,7 +25,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import cleanfid
 import numpy as np
 import torch
 
@@ -33,7 +32,7 @@ from stylenat.metrics import weights
 from stylenat.metrics.datasets import dataset_features, fingerprint_path
 from stylenat.metrics.distance import feature_stats
 from stylenat.metrics.distributed import all_ranks_agree, is_local_leader
-from stylenat.metrics.extractors import INCEPTION, MODES, FeatureExtractor, check_name
+from stylenat.metrics.extractors import INCEPTION, MODES, FeatureExtractor, check_name, cleanfid_module
 
 NAMED_STATS: dict[str, dict[int, tuple[str, ...]]] = {
     "ffhq": {256: ("trainval", "trainval70k"), 1024: ("trainval", "trainval70k")},
@@ -92,7 +91,7 @@ def named_reference_stats(name: str, resolution: int, split: str, *, mode: str =
         raise ValueError(f"unknown clean-fid mode {mode!r}; expected one of {MODES}")
     filename = f"{name}_{mode}_{split}_{resolution}.npz"
     ours = Path(cache_dir or stats_cache_dir()) / "cleanfid" / filename
-    theirs = Path(cleanfid.__file__).parent / "stats" / filename
+    theirs = Path(cleanfid_module("cleanfid").__file__).parent / "stats" / filename
     path = next((p for p in (ours, theirs) if p.is_file()), None)
     if path is None:
         url = CLEANFID_STATS_URL + filename

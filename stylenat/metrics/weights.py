@@ -25,8 +25,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-from cleanfid.downloads_helper import inception_url
-from cleanfid.inception_pytorch import FID_WEIGHTS_URL
+
+from stylenat.optional import require
 
 WEIGHTS_ENV = "STYLENAT_INCEPTION_WEIGHTS"
 
@@ -37,14 +37,20 @@ class InceptionWeightsNotFound(FileNotFoundError):
 
 @dataclass(frozen=True)
 class WeightsFile:
-    """One published weights file: its name and the URL clean-fid downloads it from."""
+    """One published weights file: its name, and the clean-fid module and attribute that hold the URL clean-fid
+    downloads it from (read on first use, so this module imports without clean-fid)."""
 
     name: str
-    url: str
+    url_module: str
+    url_attribute: str
+
+    @property
+    def url(self) -> str:
+        return getattr(require(self.url_module, "clean-fid", "clean-fid's Inception weights"), self.url_attribute)
 
 
-TORCHSCRIPT = WeightsFile("inception-2015-12-05.pt", inception_url)
-PYTORCH_FID = WeightsFile("pt_inception-2015-12-05-6726825d.pth", FID_WEIGHTS_URL)
+TORCHSCRIPT = WeightsFile("inception-2015-12-05.pt", "cleanfid.downloads_helper", "inception_url")
+PYTORCH_FID = WeightsFile("pt_inception-2015-12-05-6726825d.pth", "cleanfid.inception_pytorch", "FID_WEIGHTS_URL")
 WEIGHTS_FOR_MODE = {"clean": TORCHSCRIPT, "legacy_tensorflow": TORCHSCRIPT, "legacy_pytorch": PYTORCH_FID}
 
 
