@@ -370,7 +370,7 @@ def step_tests(run: Run, step: StepRecord) -> None:
                          check=False)
     if result is None:
         return
-    cases = parse_junit(junit) if junit.exists() else []
+    cases = parse_junit(junit) if junit.exists() else parse_pytest_lines(result.output)  # killed: no JUnit
     counts = {status: sum(c["status"] == status for c in cases) for status in ("passed", "failed", "skipped")}
     step.data.update(files=files, counts=counts, failed_backends=failed_backends(cases, run.data("env", "backends")))
     step.data["complete"] = result.rc is not None and junit.exists()
@@ -382,10 +382,12 @@ def step_tests(run: Run, step: StepRecord) -> None:
     for case in cases:
         if case["status"] == "failed":
             step.fail(case["id"], case["message"], case["text"])
-    if counts["failed"] == 0 and result.rc not in (0, None):
-        step.fail("pytest -m cuda", f"exit code {result.rc} ({summary})", result.tail())
-    elif counts["failed"] == 0:
+    if result.rc == 0:
         step.passed("pytest -m cuda", summary)
+    elif result.rc is not None and counts["failed"] == 0:
+        step.fail("pytest -m cuda", f"exit code {result.rc} ({summary})", result.tail())
+    else:  # failures are listed one by one above; a kill is recorded by Run.command
+        step.checks.append({"name": "pytest -m cuda", "status": "counts", "detail": summary})
     if not run.has_gpu and counts["passed"] == counts["failed"] == 0:
         step.skipped = f"no GPU ({summary}: the rehearsal collected and ran them)"
 
@@ -405,6 +407,18 @@ def parse_junit(path: Path) -> list[dict]:
             cases.append({"id": test_id, "status": "skipped" if skipped is not None else "passed",
                           "message": (skipped.get("message") or "")[:200] if skipped is not None else "",
                           "text": ""})
+    return cases
+
+
+def parse_pytest_lines(output: str) -> list[dict]:
+    """The test cases ``pytest -v`` reported before it was stopped (``path::name[params] PASSED``), as
+    :func:`parse_junit` gives them; a failure's text is not known yet."""
+    cases = []
+    for match in re.finditer(r"^(\S+\.py)::(\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)", output, re.MULTILINE):
+        path, name, outcome = match.groups()
+        status = {"PASSED": "passed", "XPASS": "passed", "FAILED": "failed", "ERROR": "failed"}.get(outcome, "skipped")
+        module = path[:-3].replace("/", ".")
+        cases.append({"id": f"{module}::{name}", "status": status, "message": outcome, "text": ""})
     return cases
 
 

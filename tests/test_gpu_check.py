@@ -109,3 +109,17 @@ def test_junit_failures_name_their_backend(tmp_path):
     assert [c["status"] for c in cases] == ["passed", "failed", "failed", "skipped"]
     assert cases[1]["message"] == "AssertionError: dq differs" and cases[1]["text"].endswith("line 2")
     assert gpu_check.failed_backends(cases, ["reference", "cpu", "cuda", "flex", "triton"]) == ["cuda", "triton"]
+
+
+def test_pytest_progress_lines_stand_in_for_a_missing_junit_report():
+    output = textwrap.dedent("""\
+        tests/ops/test_cuda.py::test_fused_matches_reference[1-2-9-9-16-7-1-True] PASSED [  1%]
+        tests/ops/test_triton.py::test_forward[float16] FAILED [  2%]
+        tests/ops/test_cuda.py::test_past_32_bit_indexing SKIPPED (needs an NVIDIA GPU) [  3%]
+        """)
+    cases = gpu_check.parse_pytest_lines(output)
+    assert [(c["id"], c["status"]) for c in cases] == [
+        ("tests.ops.test_cuda::test_fused_matches_reference[1-2-9-9-16-7-1-True]", "passed"),
+        ("tests.ops.test_triton::test_forward[float16]", "failed"),
+        ("tests.ops.test_cuda::test_past_32_bit_indexing", "skipped")]
+    assert gpu_check.failed_backends(cases, ["reference", "cuda", "triton"]) == ["triton"]
