@@ -946,17 +946,17 @@ def _natten_ops_info() -> dict:
 
 
 def _options_info() -> dict:
-    """The optional parts that other work adds: ``stylenat throughput --compile``, ``StyleNATGAN(compile=)``."""
+    """The optional parts that other work adds: ``stylenat throughput --compile`` (read off its ``--help``, so
+    wherever the command lives) and ``StyleNATGAN(compile=...)``."""
     import inspect
 
-    from stylenat import throughput
     from stylenat.training.gan import StyleNATGAN
 
-    parser = argparse.ArgumentParser()
-    throughput.add_arguments(parser)
-    action = parser._option_string_actions.get("--compile")
+    usage = _output([sys.executable, "-m", "stylenat.cli", "throughput", "--help"])
+    if "--backends" not in usage:
+        raise RuntimeError(f"stylenat throughput --help printed no usage: {usage[-300:]!r}")
     parameter = inspect.signature(StyleNATGAN.__init__).parameters.get("compile")
-    return {"throughput_compile": action is not None and action.nargs == 0,  # a plain flag
+    return {"throughput_compile": "[--compile]" in usage,  # a plain flag (one that takes a value shows a metavar)
             "gan_compile": None if parameter is None else repr(parameter.default)}
 
 

@@ -1,8 +1,4 @@
-"""``stylenat throughput``: generator images per second and peak memory, per natten_ops backend, in one run.
-
-    stylenat throughput --preset ffhq256 --batch 1                 # inference (G_ema sampling)
-    stylenat throughput --preset ffhq256 --batch 2 --train         # one G step + one D step per iteration
-    stylenat throughput --preset ffhq256 --batch 32 --device cuda --dtype bfloat16
+"""Generator images per second and peak memory on one natten_ops backend (``stylenat throughput``).
 
 Training iterations use the paper's losses without the lazy regularisers (R1 every 16 steps, bCR), so
 they measure the attention-bound part that the backends change.
@@ -10,12 +6,9 @@ they measure the attention-bound part that the backends change.
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn.functional as F
 
-import natten_ops
 from stylenat.models import create_discriminator, create_generator
 from stylenat.profiling import median_seconds, peak_memory_bytes
 
@@ -40,43 +33,15 @@ def _training_step(G, D, batch: int, device, dtype):
     return step
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default="ffhq256", help="generator/discriminator preset (default ffhq256)")
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                        help="autocast dtype (float32: no autocast)")
-    parser.add_argument("--backends", default=None, help="comma list (default: every available one)")
-    parser.add_argument("--train", action="store_true", help="time G+D training iterations instead of sampling")
-    parser.add_argument("--repeats", type=int, default=3)
-
-
-def run(args) -> int:
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    backends = args.backends.split(",") if args.backends else natten_ops.BACKENDS
-    mode = "training (G+D step)" if args.train else "inference"
-    print(f"# {args.preset}, batch {args.batch}, {mode}, {args.dtype}, device {device}"
-          f" ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'})")
-    print("| backend | img/s | ms / batch | peak MB |\n|---|---|---|---|")
-    for backend in backends:
-        reason = natten_ops.unavailable_reason(backend, "na2d", device, dtype, needs_grad=args.train)
-        if reason is not None:
-            print(f"| {backend} | - | - | - ({reason}) |")
-            continue
-        torch.manual_seed(0)
-        G = create_generator(args.preset, backend=backend).to(device)
-        if args.train:
-            D = create_discriminator(args.preset).to(device)
-            step = _training_step(G.train(), D, args.batch, device, dtype)
-        else:
-            step = _inference_step(G.eval(), args.batch, device, dtype)
-        try:
-            seconds = median_seconds(step, device, args.repeats)
-            memory = peak_memory_bytes(step, device)
-        except (RuntimeError, MemoryError) as err:  # out of memory, most often: report it and go on
-            print(f"| {backend} | - | - | - ({(str(err) or type(err).__name__).splitlines()[0]}) |", flush=True)
-            continue
-        finally:
-            del G, step
-        print(f"| {backend} | {args.batch / seconds:.3f} | {seconds * 1e3:.0f} | {memory / 2**20:.0f} |", flush=True)
-    return 0
+def measure(preset: str, backend: str, *, batch: int, device: torch.device, dtype: torch.dtype, train: bool,
+            repeats: int) -> tuple[float, int]:
+    """``(median seconds per iteration, peak bytes)`` of the ``preset`` generator on natten_ops ``backend``:
+    sampling a batch of ``batch`` images, or with ``train`` one G step and one D step."""
+    torch.manual_seed(0)
+    G = create_generator(preset, backend=backend).to(device)
+    if train:
+        D = create_discriminator(preset).to(device)
+        step = _training_step(G.train(), D, batch, device, dtype)
+    else:
+        step = _inference_step(G.eval(), batch, device, dtype)
+    return median_seconds(step, device, repeats), peak_memory_bytes(step, device)
