@@ -110,7 +110,6 @@ DRY = Profile(device="cpu", bench_args=("--sizes", "16", "--quick", "--repeats",
 
 @dataclass
 class CommandResult:
-    argv: list[str]
     rc: Optional[int]  # None: killed at the step's time limit
     output: str
     seconds: float
@@ -222,7 +221,7 @@ class Run:
             except subprocess.TimeoutExpired:
                 _kill_group(process)
                 rc = None
-        result = CommandResult(argv, rc, log_path.read_text(encoding="utf-8", errors="replace"),
+        result = CommandResult(rc, log_path.read_text(encoding="utf-8", errors="replace"),
                                time.monotonic() - start)
         shown = " ".join(argv).replace(str(REPO) + "/", "")
         status = f"exit {rc}" if rc is not None else f"killed after {result.seconds:.0f} s (time limit)"
@@ -277,9 +276,13 @@ def _kill_group(process: subprocess.Popen) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    """Write ``path`` through a temporary file and a rename, so a reader never sees half a report."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates it 0600
     os.replace(tmp, path)
 
 
@@ -363,10 +366,9 @@ def step_tests(run: Run, step: StepRecord) -> None:
         return
     junit = run.work / "junit-cuda.xml"
     junit.unlink(missing_ok=True)
-    per_test = "60"
     result = run.command(step, "pytest -m cuda", [PY, "-m", "pytest", "-m", "cuda", "-v", "-rfE", "-p",
                                                   "no:cacheprovider", "--continue-on-collection-errors",
-                                                  f"--junitxml={junit}", f"--timeout={per_test}", *files],
+                                                  f"--junitxml={junit}", "--timeout=60", *files],
                          check=False)
     if result is None:
         return
@@ -667,7 +669,8 @@ def step_train(run: Run, step: StepRecord) -> None:
     step.expect("resume continues", restored and saved[1]["cur_nimg"] == expected[1]
                 and kimg_after is not None and kimg_after > kimg[0],
                 f"Lightning restored the checkpoint: {restored}; then {saved[1]} (expected cur_nimg {expected[1]}); "
-                f"the first kimg logged after the resume is {kimg_after} (> {kimg[0]}: it continued, not restarted)",
+                f"the first kimg logged after the resume is {kimg_after and round(kimg_after, 6)} (> {kimg[0]}: it "
+                "continued, not restarted)",
                 result.tail())
     losses = {tag: s for tag, s in seen["scalars"].items() if tag.startswith("Loss/")}
     step.expect("losses finite", bool(losses) and all(s["finite"] for s in losses.values()),
@@ -871,7 +874,8 @@ def render_markdown(report: dict) -> str:
              f"triton {env.get('triton')}, lightning {env.get('lightning')}, nvcc {env.get('nvcc')}, "
              f"driver {env.get('driver')}, Python {env.get('python', '?')}",
              "- command: `python scripts/gpu_check.py" + (" --dry-run" if report["dry_run"] else "") + " --out DIR`",
-             f"- commit this report as `docs/gpu/{report['started'][:10]}-{_slug(gpu.get('name', 'cpu'))}.md`",
+             *([] if report["dry_run"] else
+               [f"- commit this report as `docs/gpu/{report['started'][:10]}-{_slug(gpu.get('name', 'gpu'))}.md`"]),
              "", "| step | status | seconds | limit |", "|---|---|---|---|"]
     lines += [f"| {s['name']} | {s['status']} | {s['seconds']:.0f} | {s['limit_s']:.0f} |" for s in steps]
     summary = next((s for s in steps if s["name"] == "summary"), None)
@@ -1122,7 +1126,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "and leaves the later steps their minimum")
     parser.add_argument("--commit", help="the commit under test, for the report (default: git rev-parse HEAD; "
                                          "device machines get a copy of the working tree without .git)")
-    parser.add_argument("--steps", default=",".join(STEP_NAMES), help=f"comma list of steps (default: all of {STEP_NAMES})")
+    parser.add_argument("--steps", default=",".join(STEP_NAMES),
+                        help=f"comma list of steps (default: all of {STEP_NAMES}); env and summary always run")
     parser.add_argument("--inject", action="append", default=[], help=argparse.SUPPRESS)      # tests: STEP=fail|hang
     parser.add_argument("--step-limit", action="append", default=[], help=argparse.SUPPRESS)  # tests: STEP=SECONDS
     parser.add_argument("--probe", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)         # internal
@@ -1134,7 +1139,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     if not args.out:
         parser.error("--out DIR is required")
-    selected = [s.strip() for s in args.steps.split(",") if s.strip()]
+    selected = ["env", "summary"] + [s.strip() for s in args.steps.split(",") if s.strip()]
     unknown = sorted(set(selected) - set(STEP_NAMES))
     if unknown:
         parser.error(f"--steps: unknown {unknown}; choose from {STEP_NAMES}")
