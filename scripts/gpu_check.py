@@ -214,13 +214,17 @@ class Run:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
         with log_path.open("w", encoding="utf-8", errors="replace") as log:
+            # its own process group (killed as one at the limit), in this session (ended with it)
             process = subprocess.Popen(argv, cwd=REPO, env=env or self.env, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+                                       stdin=subprocess.DEVNULL, preexec_fn=os.setpgrp)
             try:
                 rc: Optional[int] = process.wait(timeout=left)
             except subprocess.TimeoutExpired:
                 _kill_group(process)
                 rc = None
+            except BaseException:  # interrupted: take the command down too
+                _kill_group(process)
+                raise
         result = CommandResult(rc, log_path.read_text(encoding="utf-8", errors="replace"),
                                time.monotonic() - start)
         shown = " ".join(argv).replace(str(REPO) + "/", "")
@@ -823,13 +827,27 @@ STEPS: list[tuple[str, str, Callable[[Run, StepRecord], None], float, float, flo
 STEP_NAMES = [s[0] for s in STEPS]
 
 
+def step_limit(chosen: list[tuple], index: int, left: float) -> float:
+    """The GPU time limit of step ``chosen[index]`` with ``left`` seconds of the budget remaining: its own limit,
+    less what the later steps' reserves need, never under its own reserve."""
+    later = sum(step[4] for step in chosen[index + 1:])
+    return max(chosen[index][4], min(chosen[index][3], left - later))
+
+
+class Interrupted(BaseException):
+    """SIGTERM (e.g. a device tool's time limit): stop the running command, keep the report."""
+
+
+def _interrupted(signum, frame) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
 def run_all(run: Run, selected: list[str], injected: dict[str, str], limits: dict[str, float]) -> None:
     chosen = [s for s in STEPS if s[0] in selected]
     start = time.monotonic()
+    signal.signal(signal.SIGTERM, _interrupted)
     for index, (name, title, function, gpu_limit, reserve, dry_limit) in enumerate(chosen):
-        left = run.budget - (time.monotonic() - start)
-        later = sum(s[4] for s in chosen[index + 1:])
-        limit = dry_limit if run.dry_run else max(reserve, min(gpu_limit, left - later))
+        limit = dry_limit if run.dry_run else step_limit(chosen, index, run.budget - (time.monotonic() - start))
         step = StepRecord(name, title, limit_s=round(limits.get(name, limit), 1))
         run.steps.append(step)
         step.status = "running"
@@ -845,10 +863,14 @@ def run_all(run: Run, selected: list[str], injected: dict[str, str], limits: dic
                 function(run, step)
         except Exception:  # a bug of this script in one step must not lose the others
             step.fail("step", "gpu_check.py raised", traceback.format_exc(limit=-8))
-        step.seconds = round(time.monotonic() - began, 1)
-        step.finish()
-        run.write_report()
-        print(f"[gpu_check] {name}: {step.status} ({step.seconds:.0f} s)", flush=True)
+        except (Interrupted, KeyboardInterrupt) as err:
+            step.fail("step", f"gpu_check.py was interrupted ({type(err).__name__} {err}); the later steps did not run")
+            raise
+        finally:
+            step.seconds = round(time.monotonic() - began, 1)
+            step.finish()
+            run.write_report()
+            print(f"[gpu_check] {name}: {step.status} ({step.seconds:.0f} s)", flush=True)
 
 
 def inject(run: Run, step: StepRecord, how: str) -> None:
@@ -1154,8 +1176,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     run = Run(out, work, DRY if args.dry_run else GPU, args.dry_run, args.budget, args.commit)
     print(f"[gpu_check] {'dry run, ' if args.dry_run else ''}report: {out / 'report.md'}, work: {work}", flush=True)
-    run_all(run, selected, injected, limits)
-    run.log.close()
+    try:
+        run_all(run, selected, injected, limits)
+    except (Interrupted, KeyboardInterrupt):
+        print(f"[gpu_check] interrupted; the report so far: {out / 'report.md'}", flush=True)
+        return 130
+    finally:
+        run.log.close()
     failed = [s.name for s in run.steps if s.failures]
     print("\n".join(["", "| step | status | seconds |", "|---|---|---|"]
                     + [f"| {s.name} | {s.status} | {s.seconds:.0f} |" for s in run.steps]))

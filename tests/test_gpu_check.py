@@ -3,9 +3,11 @@ hanging step, and the parsing behind the summary (benchmark tables, JUnit, backe
 
 import importlib.util
 import json
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -62,6 +64,35 @@ def test_report_is_written_when_steps_fail_or_hang(tmp_path):
     assert "Failures: 2" in markdown and "injected failure" in markdown and "injected hang" in markdown
 
 
+def command_lines() -> list[str]:
+    lines = []
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            lines.append(path.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:  # the process ended meanwhile
+            pass
+    return lines
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_stops_the_running_command_and_keeps_the_report(tmp_path):
+    out, logs = tmp_path / "out", tmp_path / "work" / "logs"
+    process = subprocess.Popen([sys.executable, str(SCRIPT), "--dry-run", "--out", str(out), "--work",
+                                str(tmp_path / "work"), "--steps", "tests", "--inject", "env=fail", "--inject",
+                                "tests=hang"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not any("injected hang" in p.read_text() for p in logs.glob("*-tests.log")):
+        assert time.monotonic() < deadline and process.poll() is None, "the injected hang never started"
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 130, process.stdout.read()
+    steps = {s["name"]: s for s in json.loads((out / "report.json").read_text())["steps"]}
+    assert list(steps) == ["env", "tests"]  # the summary did not run
+    assert steps["tests"]["status"] == "failed"
+    assert "interrupted (Interrupted SIGTERM)" in steps["tests"]["failures"][-1]["detail"]
+    assert not any("injected hang" in line and "time.sleep" in line for line in command_lines())
+
+
 BENCH_OUTPUT = textwrap.dedent("""\
     # natten_ops 0.1.0, torch 2.11.0, device cuda (NVIDIA H100 80GB HBM3), dtype bfloat16
     | B | heads | H=W | D | k | d | pass | cuda ms | reference ms | sdpa ms | cuda MB | reference MB | sdpa MB | cuda GFLOP/s | x vs reference | x vs sdpa |
@@ -78,6 +109,16 @@ def test_parse_bench_keeps_missing_cells_as_none():
     assert [r["shape"] for r in rows] == [[8, 16, 16, 32, 7, 2], [8, 16, 32, 32, 7, 4], [8, 16, 32, 32, 7, 4]]
     assert rows[1] == {"shape": [8, 16, 32, 32, 7, 4], "pass": "fwd", "dtype": "bfloat16",
                        "ms": {"cuda": 2.0, "reference": None, "sdpa": 1.0}}
+
+
+def test_step_limits_keep_the_gpu_run_within_its_budget():
+    steps, budget = gpu_check.STEPS, 480.0
+    used = 0.0
+    for index in range(len(steps)):  # every step runs to its limit
+        used += gpu_check.step_limit(steps, index, budget - used)
+    assert used <= budget
+    fast = [gpu_check.step_limit(steps, index, budget - 10 * index) for index in range(len(steps))]
+    assert fast == [s[3] for s in steps][:len(fast)]  # quick steps leave the later ones their full limits
 
 
 def test_rank_backends_over_common_shapes_and_apart_from_failed_tests():
