@@ -1,7 +1,6 @@
 """scripts/gpu_check.py: the dry run rehearses every step on the CPU, the report survives a failing and a
 hanging step, and the parsing behind the summary (benchmark tables, JUnit, backend ranking) is right."""
 
-import importlib.util
 import json
 import signal
 import subprocess
@@ -14,9 +13,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "gpu_check.py"
-spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-gpu_check = sys.modules["gpu_check"] = importlib.util.module_from_spec(spec)  # dataclasses look it up
-spec.loader.exec_module(gpu_check)
+sys.path.insert(0, str(SCRIPT.parent))  # as when the script runs
+from gpu_acceptance import parse  # noqa: E402
+from gpu_acceptance import steps as gpu_steps  # noqa: E402
 
 
 def run_check(tmp_path: Path, *args: str, timeout: float) -> tuple[subprocess.CompletedProcess, dict, str]:
@@ -33,7 +32,7 @@ def test_dry_run_rehearses_every_step(tmp_path):
     result, report, markdown = run_check(tmp_path, timeout=1100)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     steps = {s["name"]: s for s in report["steps"]}
-    assert list(steps) == gpu_check.STEP_NAMES and report["dry_run"]
+    assert list(steps) == gpu_steps.STEP_NAMES and report["dry_run"]
     for name, step in steps.items():
         assert step["status"] == "passed" or step["status"].startswith("skipped: no GPU"), (name, step["status"])
         assert f"({name}): {step['status']}" in markdown
@@ -105,32 +104,32 @@ BENCH_OUTPUT = textwrap.dedent("""\
 
 
 def test_parse_bench_keeps_missing_cells_as_none():
-    rows = gpu_check.parse_bench(BENCH_OUTPUT, "bfloat16")
+    rows = parse.parse_bench(BENCH_OUTPUT, "bfloat16")
     assert [r["shape"] for r in rows] == [[8, 16, 16, 32, 7, 2], [8, 16, 32, 32, 7, 4], [8, 16, 32, 32, 7, 4]]
     assert rows[1] == {"shape": [8, 16, 32, 32, 7, 4], "pass": "fwd", "dtype": "bfloat16",
                        "ms": {"cuda": 2.0, "reference": None, "sdpa": 1.0}}
 
 
 def test_step_limits_keep_the_gpu_run_within_its_budget():
-    steps, budget = gpu_check.STEPS, 480.0
+    table, budget = gpu_steps.STEPS, 480.0
     used = 0.0
-    for index in range(len(steps)):  # every step runs to its limit
-        used += gpu_check.step_limit(steps, index, budget - used)
+    for index in range(len(table)):  # every step runs to its limit
+        used += gpu_steps.step_limit(table, index, budget - used)
     assert used <= budget
-    fast = [gpu_check.step_limit(steps, index, budget - 10 * index) for index in range(len(steps))]
-    assert fast == [s[3] for s in steps][:len(fast)]  # quick steps leave the later ones their full limits
+    fast = [gpu_steps.step_limit(table, index, budget - 10 * index) for index in range(len(table))]
+    assert fast == [step[3] for step in table]  # quick steps leave the later ones their full limits
 
 
 def test_rank_backends_over_common_shapes_and_apart_from_failed_tests():
-    rows = gpu_check.parse_bench(BENCH_OUTPUT, "bfloat16")
+    rows = parse.parse_bench(BENCH_OUTPUT, "bfloat16")
     rows.append({"shape": [8, 16, 16, 32, 7, 2], "pass": "fwd", "dtype": "bfloat16", "ms": {"flex": 4.0}})  # run apart
-    ranking = gpu_check.rank_backends(rows, failed=[])
+    ranking = parse.rank_backends(rows, failed=[])
     forward = ranking["bfloat16 fwd"]
     # only the 16 px shape has every candidate (reference is missing at 32 px); sdpa is a roofline, not a candidate
     assert forward == {"order": ["cuda", "flex", "reference"], "failed_tests": [],
                        "score": {"cuda": 1.0, "flex": 4.0, "reference": 10.0}, "shapes": 1}
     assert ranking["bfloat16 fwd+bwd"]["order"] == ["cuda", "reference"]
-    failed = gpu_check.rank_backends(rows, failed=["cuda"])["bfloat16 fwd"]
+    failed = parse.rank_backends(rows, failed=["cuda"])["bfloat16 fwd"]
     assert failed["order"] == ["flex", "reference"] and failed["failed_tests"] == ["cuda"]
 
 
@@ -146,10 +145,10 @@ def test_junit_failures_name_their_backend(tmp_path):
           <testcase classname="tests.ops.test_cuda" name="test_past_32_bit_indexing">
             <skipped message="needs an NVIDIA GPU"/></testcase>
         </testsuite></testsuites>"""))
-    cases = gpu_check.parse_junit(junit)
+    cases = parse.parse_junit(junit)
     assert [c["status"] for c in cases] == ["passed", "failed", "failed", "skipped"]
     assert cases[1]["message"] == "AssertionError: dq differs" and cases[1]["text"].endswith("line 2")
-    assert gpu_check.failed_backends(cases, ["reference", "cpu", "cuda", "flex", "triton"]) == ["cuda", "triton"]
+    assert parse.failed_backends(cases, ["reference", "cpu", "cuda", "flex", "triton"]) == ["cuda", "triton"]
 
 
 def test_pytest_progress_lines_stand_in_for_a_missing_junit_report():
@@ -158,9 +157,9 @@ def test_pytest_progress_lines_stand_in_for_a_missing_junit_report():
         tests/ops/test_triton.py::test_forward[float16] FAILED [  2%]
         tests/ops/test_cuda.py::test_past_32_bit_indexing SKIPPED (needs an NVIDIA GPU) [  3%]
         """)
-    cases = gpu_check.parse_pytest_lines(output)
+    cases = parse.parse_pytest_lines(output)
     assert [(c["id"], c["status"]) for c in cases] == [
         ("tests.ops.test_cuda::test_fused_matches_reference[1-2-9-9-16-7-1-True]", "passed"),
         ("tests.ops.test_triton::test_forward[float16]", "failed"),
         ("tests.ops.test_cuda::test_past_32_bit_indexing", "skipped")]
-    assert gpu_check.failed_backends(cases, ["reference", "cuda", "triton"]) == ["triton"]
+    assert parse.failed_backends(cases, ["reference", "cuda", "triton"]) == ["triton"]
