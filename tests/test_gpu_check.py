@@ -142,13 +142,16 @@ def test_junit_failures_name_their_backend(tmp_path):
             <failure message="AssertionError: dq differs">line 1\nline 2</failure></testcase>
           <testcase classname="tests.ops.test_backends" name="test_matches_reference[triton-float16]">
             <error message="RuntimeError: launch failed">trace</error></testcase>
+          <testcase classname="tests.ops.test_triton_cuda" name="test_side_by_side_with_cuda">
+            <failure message="AssertionError">trace</failure></testcase>
           <testcase classname="tests.ops.test_cuda" name="test_past_32_bit_indexing">
             <skipped message="needs an NVIDIA GPU"/></testcase>
         </testsuite></testsuites>"""))
     cases = parse.parse_junit(junit)
-    assert [c["status"] for c in cases] == ["passed", "failed", "failed", "skipped"]
+    assert [c["status"] for c in cases] == ["passed", "failed", "failed", "failed", "skipped"]
     assert cases[1]["message"] == "AssertionError: dq differs" and cases[1]["text"].endswith("line 2")
     assert parse.failed_backends(cases, ["reference", "cpu", "cuda", "flex", "triton"]) == ["cuda", "triton"]
+    assert parse.failed_backends(cases[3:4], ["cuda", "triton"]) == ["triton"]  # test_triton_cuda: triton's tests
 
 
 def test_pytest_progress_lines_stand_in_for_a_missing_junit_report():

@@ -46,15 +46,16 @@ def parse_pytest_lines(output: str) -> list[dict]:
 
 
 def failed_backends(cases: list[dict], backends: Optional[list[str]]) -> list[str]:
-    """Backends that a failed test case names: a word of its module (``test_cuda``) or of its parameters
-    (``[triton-float16]``); not of its function name, where ``reference`` means the ground truth."""
+    """Backends that a failed test case names: the subject of its module (``test_cuda``, ``test_triton_cuda``:
+    the word after ``test_``) or a word of its parameters (``[triton-float16]``); not its function name,
+    where ``reference`` means the ground truth."""
     names = backends or list(BACKEND_ORDER)
     failed = set()
     for case in cases:
         if case["status"] == "failed":
             module, _, function = case["id"].lower().partition("::")
-            parameters = function.partition("[")[2]
-            words = set(re.split(r"[^a-z0-9]+", module.rpartition(".")[2] + " " + parameters))
+            subject = module.rpartition(".")[2].removeprefix("test_").partition("_")[0]
+            words = {subject} | set(re.split(r"[^a-z0-9]+", function.partition("[")[2]))
             failed |= {n for n in names if n in words}
     return sorted(failed)
 

@@ -133,12 +133,10 @@ def step_tests(run: Run, step: StepRecord) -> None:
 def step_bench(run: Run, step: StepRecord) -> None:
     backends = candidate_backends(run)
     compiled = [b for b in backends if b == "flex"]  # torch.compile per shape: a subset of the shapes
-    eager = [b for b in backends if b not in compiled]
+    eager = [b for b in backends if b not in compiled and b != "reference"]
+    step.skip("reference", "not timed: the fallback of last resort, slow and memory-hungry")
     if run.profile.device == "cuda":
         eager.append("sdpa")
-    else:  # the CPU profiler's memory pass over the reference's backward alone takes a minute or more
-        eager = [b for b in eager if b != "reference"]
-        step.skip("reference", "dry run: its CPU memory profile takes minutes")
     first, *others = run.profile.bench_dtypes
     rows = bench(run, step, f"{first}, every shape", eager, first, run.profile.bench_args)
     if not compiled:
