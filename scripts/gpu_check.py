@@ -10,8 +10,9 @@ killed at its step's limit, so a hang or a crash costs that step only, never the
 1. env         GPU, driver, torch / triton / lightning / nvcc versions, commit, the packages the project needs
 2. build       the CUDA kernels for the visible GPU only (TORCH_CUDA_ARCH_LIST from its capability, MAX_JOBS=16)
 3. tests       the ``cuda``-marked tests, with JUnit XML so every failure is listed
-4. bench       ``scripts/bench_natten.py`` over the GPU backends: bfloat16 (256 px stages at batch 8 and the
-               1024 px stages), flex on a subset (it compiles per shape), float32 when time allows
+4. bench       ``scripts/bench_natten.py`` over the GPU backends but the reference, and SDPA: bfloat16 (256 px
+               stages at batch 8 and the 1024 px stages), flex on a subset (it compiles per shape), float32 when
+               time allows
 5. generator   ``stylenat throughput``: batch 1 and 32, bfloat16 and float32, eager (and compiled where the
                checkout has ``--compile``); one G+D training step at batch 8 in bfloat16
 6. train       ``stylenat fit`` with the ffhq256 recipe on a synthetic 256 px dataset written here: bf16-mixed,
@@ -23,7 +24,7 @@ killed at its step's limit, so a hang or a crash costs that step only, never the
 ``--dry-run`` runs the same steps on the CPU (CUDA hidden) with the demo preset at 32 px, tiny benchmark
 shapes and a tiny NAT; what needs a GPU reports "skipped: no GPU".
 
-DIR receives report.md and report.json (rewritten after every step), log.txt (every command's output) and
+DIR receives report.md and report.json (rewritten after every step), log.txt (the end of every command's output) and
 samples.png (images of the generator trained in step 6): few files, so a device tool that returns only a
 handful returns them all. Datasets, runs and JUnit files go to --work (default: a temporary folder).
 Optional parts that other work adds (the ``triton`` backend, ``throughput --compile``, ``StyleNATGAN(compile=)``)
