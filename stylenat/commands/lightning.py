@@ -6,25 +6,56 @@
 The model and data module are chosen by ``class_path`` in the YAML config (GAN or classifier), every
 ``__init__`` argument is a flag (``--data.path``, ``--trainer.devices 8``), ``--print_config`` prints the
 resolved config and every run saves it in its log directory.
+
+Values that must agree are set in one place and linked (:func:`lightning_cli`); ``--print_config`` leaves the
+linked values out, as they follow their source:
+
+- ``trainer.default_root_dir`` -> ``trainer.logger.init_args.save_dir``: one flag moves a run directory;
+- GAN: ``model.generator`` (+ ``generator_kwargs.size``) -> ``data.resolution``, the generator's image size;
+- classifier: the data's class count (``data.num_classes``, read from the dataset) -> ``model.num_classes``.
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from stylenat.commands import Command
+
+
+def generator_size(generator: str, generator_kwargs: dict[str, Any] | None) -> int:
+    """The image size of generator preset ``generator`` with ``generator_kwargs`` applied."""
+    from stylenat.models.generator import PRESETS
+
+    if generator not in PRESETS:
+        raise ValueError(f"model.generator: unknown preset {generator!r}; choose from {sorted(PRESETS)}")
+    return (generator_kwargs or {}).get("size", PRESETS[generator]["size"])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """None: LightningCLI parses the arguments (``stylenat fit --help``)."""
 
 
-def lightning(args: argparse.Namespace) -> int:
+def lightning_cli(argv: list[str], run: bool = True):
+    """The :class:`~lightning.pytorch.cli.LightningCLI` of ``argv`` (with ``run``, a subcommand and its flags;
+    without, only flags), with the links of the module docstring."""
     from lightning.pytorch import LightningDataModule, LightningModule
-    from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-    LightningCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                 save_config_kwargs={"overwrite": True}, args=[args.command, *args.argv])
+    class StyleNATCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+            # A link whose source or target the chosen classes lack is skipped (GAN vs classifier).
+            parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir")
+            parser.link_arguments(("model.init_args.generator", "model.init_args.generator_kwargs"),
+                                  "data.init_args.resolution", compute_fn=generator_size)
+            parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+
+    return StyleNATCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                       save_config_kwargs={"overwrite": True}, args=argv, run=run)
+
+
+def lightning(args: argparse.Namespace) -> int:
+    lightning_cli([args.command, *args.argv])
     return 0
 
 

@@ -1,7 +1,8 @@
 """Image classification with a registered NAT / DiNAT model: the LightningModule behind the classifier configs.
 
     stylenat fit --config configs/nat_digits.yaml           # CPU demo: a small NAT on the digits dataset
-    stylenat fit --config configs/nat_mini.yaml --data.path /data/imagenet/train --data.val_path /data/imagenet/val
+    stylenat fit --config configs/imagenet_classifier.yaml --model.model nat_mini --data.path /data/imagenet/train \
+        --data.val_path /data/imagenet/val
 
 The recipe is the NAT/DiNAT reference's (timm-based): AdamW without weight decay on RPB tables, norms,
 biases and layer-scale vectors; a learning rate that warms up linearly and then follows a cosine, stepped

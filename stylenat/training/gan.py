@@ -53,7 +53,7 @@ from stylenat.models.discriminator import create_discriminator
 from stylenat.models.generator import Generator, create_generator
 from stylenat.models.pixels import PIXEL_SPACES, fold_output, imagenet_output_fold, to_pixel_space
 from stylenat.training.augment import bcr_augment
-from stylenat.training.callbacks import GeneratorExport, ImageGrids
+from stylenat.training.callbacks import TF32, GeneratorExport, ImageGrids
 from stylenat.training.losses import consistency_loss, d_logistic_loss, g_nonsaturating_loss, r1_penalty
 
 # ---------------------------------------------------------------------------------------------
@@ -137,7 +137,8 @@ class StyleNATGAN(L.LightningModule):
     Logs ``Loss/G``, ``Loss/D`` (logistic part), ``Loss/bcr``, ``Loss/r1`` (the raw penalty, on R1 steps),
     ``Logits/real``, ``Logits/fake`` (mean D outputs), ``Progress/kimg``, ``Progress/kimg_per_s``,
     ``Progress/lr_g``, ``Progress/lr_d`` and ``Resources/peak_memory_gib``. Adds the callbacks
-    :class:`~stylenat.training.callbacks.ImageGrids` and :class:`~stylenat.training.callbacks.GeneratorExport`.
+    :class:`~stylenat.training.callbacks.TF32`, :class:`~stylenat.training.callbacks.ImageGrids` and
+    :class:`~stylenat.training.callbacks.GeneratorExport`.
 
     Args:
         generator, discriminator: preset names (``ffhq256``, ``ffhq1024``, ``church256``, ``demo``).
@@ -163,7 +164,8 @@ class StyleNATGAN(L.LightningModule):
             checkpoint's point).
         rng_seed: seed of the per-step random draws (network init follows ``seed_everything``).
         allow_tf32: on CUDA, let float32 matmuls and convolutions use TF32 tensor cores (the recipe's
-            "fp32/TF32" default); False keeps them in strict float32. Set process-wide at fit start.
+            "fp32/TF32" default); False keeps them in strict float32. Set for the run by the
+            :class:`~stylenat.training.callbacks.TF32` callback and restored after it.
     """
 
     def __init__(self, generator: str = "ffhq256", generator_kwargs: dict[str, Any] | None = None,
@@ -209,7 +211,7 @@ class StyleNATGAN(L.LightningModule):
 
     def configure_callbacks(self) -> list[Callback]:
         hp = self.hparams
-        return [ImageGrids(every_kimg=hp.image_snapshot_kimg),
+        return [TF32(hp.allow_tf32), ImageGrids(every_kimg=hp.image_snapshot_kimg),
                 GeneratorExport(every_kimg=hp.export_snapshot_kimg, marks_kimg=hp.export_marks_kimg)]
 
     def setup(self, stage: str) -> None:
@@ -220,8 +222,6 @@ class StyleNATGAN(L.LightningModule):
                              f"(model.generator={self.hparams.generator!r}) makes {self.G.size}px images")
 
     def on_fit_start(self) -> None:
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.hparams.allow_tf32
         model = self.trainer.strategy.model
         if isinstance(model, DistributedDataParallel) and not model.find_unused_parameters:
             raise ValueError("GAN training under DDP leaves D without gradients in the G step and G in the D step: "
