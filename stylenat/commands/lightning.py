@@ -8,7 +8,7 @@ The model and data module are chosen by ``class_path`` in the YAML config (GAN o
 resolved config and every run saves it in its log directory.
 
 Values that must agree are set in one place and linked (:func:`lightning_cli`); ``--print_config`` leaves the
-linked values out, as they follow their source:
+linked values out, as they follow their source, and setting one is an error naming its source:
 
 - ``trainer.default_root_dir`` -> ``trainer.logger.init_args.save_dir``: one flag moves a run directory;
 - GAN: ``model.generator`` (+ ``generator_kwargs.size``) -> ``data.resolution``, the generator's image size;
@@ -32,6 +32,42 @@ def generator_size(generator: str, generator_kwargs: dict[str, Any] | None) -> i
     return (generator_kwargs or {}).get("size", PRESETS[generator]["size"])
 
 
+# Linked values (target -> where it is set). LightningCLI would silently replace a target given by the user.
+LINKED = {"trainer.logger.save_dir": "--trainer.default_root_dir",
+          "data.resolution": "the generator (model.generator, model.generator_kwargs.size)",
+          "model.num_classes": "the data (its class count)"}
+
+
+def check_no_linked_values(argv: list[str]) -> None:
+    """ValueError if a flag or a ``--config`` file of ``argv`` sets a linked value, naming where it is set."""
+    import yaml
+
+    given, configs = [], []
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            configs.append(arg.split("=", 1)[1])
+        elif arg == "--config" and i + 1 < len(argv):
+            configs.append(argv[i + 1])
+        elif arg.startswith("--"):
+            given.append(arg[2:].split("=", 1)[0])
+    for path in configs:
+        with open(path, encoding="utf-8") as file:
+            given += _dotted_keys(yaml.safe_load(file) or {})
+    for key in given:
+        plain = key.replace(".init_args.", ".")
+        if plain in LINKED:
+            raise ValueError(f"{key} is linked and cannot be set: it follows {LINKED[plain]}")
+
+
+def _dotted_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in tree.items():
+        keys.append(prefix + str(key))
+        if isinstance(value, dict):
+            keys += _dotted_keys(value, f"{prefix}{key}.")
+    return keys
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """None: LightningCLI parses the arguments (``stylenat fit --help``)."""
 
@@ -41,6 +77,8 @@ def lightning_cli(argv: list[str], run: bool = True):
     without, only flags), with the links of the module docstring."""
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+    check_no_linked_values(argv)
 
     class StyleNATCLI(LightningCLI):
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:

@@ -34,7 +34,6 @@ gradients.
 
 from __future__ import annotations
 
-import copy
 import resource
 import time
 from collections.abc import Iterator, Sequence
@@ -46,7 +45,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.core.optimizer import LightningOptimizer
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from stylenat.models.discriminator import create_discriminator
@@ -54,6 +53,7 @@ from stylenat.models.generator import Generator, create_generator
 from stylenat.models.pixels import PIXEL_SPACES, fold_output, imagenet_output_fold, to_pixel_space
 from stylenat.training.augment import bcr_augment
 from stylenat.training.callbacks import TF32, GeneratorExport, ImageGrids
+from stylenat.training.ema import frozen_copy, update_ema
 from stylenat.training.losses import consistency_loss, d_logistic_loss, g_nonsaturating_loss, r1_penalty
 
 # ---------------------------------------------------------------------------------------------
@@ -72,25 +72,6 @@ def ema_decay(global_batch: int, cur_nimg: int, half_life_kimg: float, rampup: f
     if rampup is not None:
         half_life = min(half_life, cur_nimg * rampup)
     return 0.5 ** (global_batch / max(half_life, 1e-8))
-
-
-@torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float,
-               fold: dict[str, tuple[Tensor, Tensor]] | None = None) -> None:
-    """``ema_p = decay * ema_p + (1 - decay) * p`` for every parameter; every buffer (``w_avg``) copied.
-
-    ``fold`` (by parameter name: ``(scale, shift)``, see :func:`stylenat.models.pixels.fold_output`) averages
-    ``p * scale + shift`` instead of ``p`` for the parameters it names.
-    """
-    fold = fold or {}
-    for (name, ema_p), p in zip(ema.named_parameters(), model.parameters(), strict=True):
-        target = p.detach()
-        if name in fold:
-            scale, shift = fold[name]
-            target = target * scale + shift
-        ema_p.lerp_(target, 1.0 - decay)
-    for ema_b, b in zip(ema.buffers(), model.buffers(), strict=True):
-        ema_b.copy_(b)
 
 
 def in_decay(cur_nimg: int, decay_start_kimg: float | None) -> bool:
@@ -190,7 +171,7 @@ class StyleNATGAN(L.LightningModule):
         # G's output in its pixel space -> [-1, 1], folded into G_ema's ToRGB parameters (see the module doc)
         fold = imagenet_output_fold(len(self.G.synthesis.stages)) if pixel_space == "imagenet" else {}
         self._fold = fold  # moved to the training device on first use
-        self.G_ema: Generator = copy.deepcopy(self.G).requires_grad_(False).eval()
+        self.G_ema: Generator = frozen_copy(self.G)
         self.G_ema.load_state_dict(fold_output(self.G_ema.state_dict(), fold))
         self.automatic_optimization = False
         self.lr_g = lr_d / 4 if lr_g is None else lr_g
