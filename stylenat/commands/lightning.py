@@ -32,40 +32,45 @@ def generator_size(generator: str, generator_kwargs: dict[str, Any] | None) -> i
     return (generator_kwargs or {}).get("size", PRESETS[generator]["size"])
 
 
-# Linked values (target -> where it is set). LightningCLI would silently replace a target given by the user.
-LINKED = {"trainer.logger.save_dir": "--trainer.default_root_dir",
-          "data.resolution": "the generator (model.generator, model.generator_kwargs.size)",
-          "model.num_classes": "the data (its class count)"}
+# Linked values: target -> (the model class it applies to, None: any; where it is set). LightningCLI would
+# silently replace a target given by the user, so check_no_linked_values refuses one.
+LINKED = {"trainer.logger.save_dir": (None, "--trainer.default_root_dir"),
+          "data.resolution": ("StyleNATGAN", "the generator (model.generator, model.generator_kwargs.size)"),
+          "model.num_classes": ("ImageClassifier", "the data (its class count)")}
 
 
 def check_no_linked_values(argv: list[str]) -> None:
     """ValueError if a flag or a ``--config`` file of ``argv`` sets a linked value, naming where it is set."""
     import yaml
 
-    given, configs = [], []
+    given: dict[str, object] = {}  # dotted key -> value, later sources win
     for i, arg in enumerate(argv):
-        if arg.startswith("--config="):
-            configs.append(arg.split("=", 1)[1])
-        elif arg == "--config" and i + 1 < len(argv):
-            configs.append(argv[i + 1])
-        elif arg.startswith("--"):
-            given.append(arg[2:].split("=", 1)[0])
-    for path in configs:
-        with open(path, encoding="utf-8") as file:
-            given += _dotted_keys(yaml.safe_load(file) or {})
+        if not arg.startswith("--"):
+            continue
+        key, _, value = arg[2:].partition("=")
+        value = value or (argv[i + 1] if i + 1 < len(argv) else "")
+        if key == "config":
+            with open(value, encoding="utf-8") as file:
+                given.update(_flatten(yaml.safe_load(file) or {}))
+        else:
+            given[key] = value
+    model_class = str(given.get("model.class_path", given.get("model", "")))
     for key in given:
         plain = key.replace(".init_args.", ".")
         if plain in LINKED:
-            raise ValueError(f"{key} is linked and cannot be set: it follows {LINKED[plain]}")
+            applies_to, source = LINKED[plain]
+            if applies_to is None or model_class.endswith(applies_to):
+                raise ValueError(f"{key} is linked and cannot be set: it follows {source}")
 
 
-def _dotted_keys(tree: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = []
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a": {...}, "a.b": 1}``."""
+    flat = {}
     for key, value in tree.items():
-        keys.append(prefix + str(key))
+        flat[prefix + str(key)] = value
         if isinstance(value, dict):
-            keys += _dotted_keys(value, f"{prefix}{key}.")
-    return keys
+            flat.update(_flatten(value, f"{prefix}{key}."))
+    return flat
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

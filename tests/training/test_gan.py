@@ -353,12 +353,13 @@ def test_config_links_and_a_stage_dilation_override(tmp_path):
     assert cli.model.G.synthesis.stages[2].blocks[0].attn.pattern == [(7, 1), (7, 2)]  # 16 px unchanged
 
 
-@pytest.mark.parametrize("flag, source", [("--data.resolution=64", "the generator"),
-                                          ("--trainer.logger.init_args.save_dir=/tmp/elsewhere", "default_root_dir"),
-                                          ("--model.init_args.num_classes=3", "the data")])
-def test_setting_a_linked_value_is_refused_naming_its_source(flag, source):
+@pytest.mark.parametrize("config, flag, source", [
+    ("demo.yaml", "--data.resolution=64", "the generator"),
+    ("demo.yaml", "--trainer.logger.init_args.save_dir=/tmp/elsewhere", "default_root_dir"),
+    ("nat_digits.yaml", "--model.init_args.num_classes=3", "the data")])
+def test_setting_a_linked_value_is_refused_naming_its_source(config, flag, source):
     with pytest.raises(ValueError, match=f"{flag[2:].split('=')[0]} is linked and cannot be set: it follows .*{source}"):
-        lightning_cli(["--config", str(CONFIGS / "demo.yaml"), flag], run=False)
+        lightning_cli(["--config", str(CONFIGS / config), flag], run=False)
 
 
 def test_a_config_file_setting_a_linked_value_is_refused(tmp_path):
