@@ -34,7 +34,7 @@ def report() -> int:
 def build(args) -> int:
     try:
         _build.load_cpu()
-        print(f"natten_ops: CPU kernels ready: {_build.module_path(_build.CPU_EXTENSION)}")
+        print(f"natten_ops: CPU kernels ready: {_build.module_path(_build.cpu_extension())}")
         if args.cuda:
             _build.load_cuda()
             print(f"natten_ops: CUDA kernels ready ({_build.cuda_arch_list()}): "

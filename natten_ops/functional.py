@@ -40,6 +40,11 @@ def _check_attention_tensor(x, name: str) -> None:
         raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
 
 
+def _check_head_dim(x: Tensor, name: str) -> None:
+    if x.shape[4] == 0:
+        raise ValueError(f"{name} has head_dim 0 (shape {tuple(x.shape)}); head_dim must be >= 1")
+
+
 def _check_like(x: Tensor, ref: Tensor, name: str, ref_name: str, dims: int = 5) -> None:
     if x.device != ref.device:
         raise ValueError(f"{name} is on {x.device} but {ref_name} is on {ref.device}")
@@ -168,7 +173,8 @@ class _NA2DAV(torch.autograd.Function):
 
 class CompiledBackend:
     """Kernels from a JIT-built extension (the entry points of ``csrc/ops.h``). Half inputs on the CPU
-    are computed in float32; ``max_head_dim`` bounds the fused kernels' head_dim (None: any)."""
+    are computed in float32 (an rpb is rounded to q's dtype first, as the reference does);
+    ``max_head_dim`` bounds the fused kernels' head_dim (None: any)."""
 
     def __init__(self, name: str, device_type: str, loader, dtypes: tuple[torch.dtype, ...],
                  max_head_dim: Optional[int] = None):
@@ -194,7 +200,7 @@ class CompiledBackend:
 
     def na2d(self, q, k, v, groups: Sequence[HeadGroup], scale: float) -> Tensor:
         dtype = self._compute_dtype(q.dtype)
-        rpbs = [g.rpb.to(dtype).contiguous() if g.rpb is not None else None for g in groups]
+        rpbs = [g.rpb.to(q.dtype).to(dtype).contiguous() if g.rpb is not None else None for g in groups]
         out = _FusedNA2D.apply(self._loader(), _group_table(groups), scale,
                                *(x.to(dtype).contiguous() for x in (q, k, v)), *rpbs)
         return out.to(q.dtype)
@@ -202,7 +208,7 @@ class CompiledBackend:
     def na2d_qk(self, q, k, kernel_size, dilation, rpb) -> Tensor:
         dtype = self._compute_dtype(q.dtype)
         table = _group_table([HeadGroup(q.shape[1], kernel_size, dilation)])
-        rpb = rpb.to(dtype).contiguous() if rpb is not None else None
+        rpb = rpb.to(q.dtype).to(dtype).contiguous() if rpb is not None else None
         attn = _NA2DQK.apply(self._loader(), table, q.to(dtype).contiguous(), k.to(dtype).contiguous(), rpb)
         return attn.to(q.dtype)
 
@@ -294,7 +300,9 @@ def na2d(q: Tensor, k: Tensor, v: Tensor, kernel_size: IntOrPair, dilation: IntO
         q, k, v: ``[B, heads, H, W, head_dim]`` (any strides).
         kernel_size: odd int > 1, or a per-axis ``(k_h, k_w)`` pair.
         dilation: int >= 1 or ``(d_h, d_w)``; ``k * d`` must not exceed the axis length.
-        rpb: optional relative positional bias ``[heads, 2*k_h - 1, 2*k_w - 1]`` (added after scaling).
+        rpb: optional relative positional bias ``[heads, 2*k_h - 1, 2*k_w - 1]`` (added after scaling), of
+            any floating dtype: every backend casts it to q's dtype first, as the reference adds it to the
+            logits in their dtype; its gradient comes back in its own dtype.
         scale: logit scale, ``head_dim ** -0.5`` by default.
         backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"flex"``.
 
@@ -321,6 +329,7 @@ def na2d_grouped(q: Tensor, k: Tensor, v: Tensor, groups: Sequence[HeadGroup], s
     _check_like(v, q, "v", "q", dims=4)
     if v.shape[4] != q.shape[4]:
         raise ValueError(f"v has head_dim {v.shape[4]} but q has {q.shape[4]}; they must match")
+    _check_head_dim(q, "q")
     groups = _check_groups(groups, q)
     if scale is None:
         scale = q.shape[-1] ** -0.5
@@ -338,6 +347,7 @@ def na2d_qk(q: Tensor, k: Tensor, kernel_size: IntOrPair, dilation: IntOrPair = 
     _check_attention_tensor(q, "q")
     _check_attention_tensor(k, "k")
     _check_like(k, q, "k", "q")
+    _check_head_dim(q, "q")
     group = HeadGroup(q.shape[1], as_pair(kernel_size, "kernel_size"), as_pair(dilation, "dilation"), rpb)
     _check_groups([group], q)
     if backend == "flex":
@@ -354,6 +364,7 @@ def na2d_av(attn: Tensor, v: Tensor, kernel_size: IntOrPair, dilation: IntOrPair
     _check_attention_tensor(attn, "attn")
     _check_attention_tensor(v, "v")
     _check_like(attn, v, "attn", "v", dims=4)
+    _check_head_dim(v, "v")
     group = HeadGroup(v.shape[1], as_pair(kernel_size, "kernel_size"), as_pair(dilation, "dilation"))
     _check_groups([group], v)
     area = group.kernel_size[0] * group.kernel_size[1]

@@ -6,11 +6,13 @@ they measure the attention-bound part that the backends change.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
 from stylenat.models import create_discriminator, create_generator
-from stylenat.profiling import median_seconds, peak_memory_bytes
+from stylenat.profiling import Timing, peak_memory_bytes, stable_seconds
 
 
 def _inference_step(G, batch: int, device, dtype):
@@ -34,9 +36,11 @@ def _training_step(G, D, batch: int, device, dtype):
 
 
 def measure(preset: str, backend: str, *, batch: int, device: torch.device, dtype: torch.dtype, train: bool,
-            repeats: int) -> tuple[float, int]:
-    """``(median seconds per iteration, peak bytes)`` of the ``preset`` generator on natten_ops ``backend``:
-    sampling a batch of ``batch`` images, or with ``train`` one G step and one D step."""
+            repeats: int, max_runs: int = 30, on_run: Callable[[int, float], None] | None = None
+            ) -> tuple[Timing, int]:
+    """``(seconds per iteration, peak bytes)`` of the ``preset`` generator on natten_ops ``backend``: sampling a
+    batch of ``batch`` images, or with ``train`` one G step and one D step. Timed until the last ``repeats``
+    iterations agree within 5% (at most ``max_runs``; see :func:`stylenat.profiling.stable_seconds`)."""
     torch.manual_seed(0)
     G = create_generator(preset, backend=backend).to(device)
     if train:
@@ -44,4 +48,5 @@ def measure(preset: str, backend: str, *, batch: int, device: torch.device, dtyp
         step = _training_step(G.train(), D, batch, device, dtype)
     else:
         step = _inference_step(G.eval(), batch, device, dtype)
-    return median_seconds(step, device, repeats), peak_memory_bytes(step, device)
+    timing = stable_seconds(step, device, window=repeats, max_runs=max(max_runs, repeats), on_run=on_run)
+    return timing, peak_memory_bytes(step, device)

@@ -28,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-error", choices=("skip", "raise"), default="skip",
                         help="unreadable images: skip and report them (default) or stop")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output zip")
+    parser.epilog = "Images with transparency are composited on white (recorded in dataset.json)."
 
 
 def prepare(args: argparse.Namespace) -> int:
@@ -41,7 +42,7 @@ def prepare(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from err
     crop = "centre-cropped, " if args.center_crop else ""
     print(f"wrote {result.num_images} images ({args.resolution}x{args.resolution}, {crop}{args.filter}) "
-          f"to {result.path}; skipped {len(result.skipped)} unreadable")
+          f"to {result.path}; skipped {len(result.skipped)} unreadable" + (f"; {result.scan}" if result.scan else ""))
     return 0
 
 

@@ -3,8 +3,9 @@
 The output holds ``00000/img00000000.png``, ``00000/img00000001.png``, ... (1,000 per folder) at exactly
 ``resolution x resolution`` RGB, and a ``dataset.json`` with ``"labels"`` (``[[name, class], ...]`` when
 the source has labels, else ``null``, as StyleGAN's ``dataset_tool.py`` writes) and ``"prepare"``: the
-source, resolution, resize filter and centre-crop flag, and the unreadable files left out. Recording
-the filter matters: FID differs by about a point between ``box`` and ``lanczos`` downsampling, and
+source, resolution, resize filter, centre-crop flag, the colour transparent pixels were composited on
+(:data:`~stylenat.data.transforms.ALPHA_BACKGROUND`) and the unreadable files left out. Recording the filter
+matters: FID differs by about a point between ``box`` and ``lanczos`` downsampling, and
 :func:`prepared_filter` reads it back (the metrics warn when it differs from the reference statistics').
 
 The zip is written to a temporary file beside the target and renamed into place, so an interrupted run
@@ -24,17 +25,20 @@ from tqdm import tqdm
 
 from stylenat.data.base import OnError, UnreadableImageError
 from stylenat.data.factory import open_dataset
+from stylenat.data.transforms import ALPHA_BACKGROUND
 
 IMAGES_PER_FOLDER = 1000
 
 
 @dataclass
 class PrepareResult:
-    """What ``prepare`` wrote: the zip, how many images, and the sources it skipped as unreadable."""
+    """What ``prepare`` wrote: the zip, how many images, the sources it skipped as unreadable, and for a
+    folder what its scan left out (:meth:`stylenat.data.formats.FolderScan.summary`)."""
 
     path: Path
     num_images: int
     skipped: list[str] = field(default_factory=list)
+    scan: str = ""  # a folder source: what its scan left out (non-regular files, folders reached again)
 
 
 def archive_name(index: int) -> str:
@@ -69,6 +73,7 @@ def prepare(src: str | os.PathLike, out_zip: str | os.PathLike, resolution: int,
     temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     labels: list[list[str | int]] = []
     skipped: list[str] = []
+    scan = dataset.scan.summary() if hasattr(dataset, "scan") else ""
     try:
         with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED) as archive, \
                 tqdm(range(dataset.num_images), desc=f"prepare {src}", unit="img", disable=not progress) as bar:
@@ -93,13 +98,14 @@ def prepare(src: str | os.PathLike, out_zip: str | os.PathLike, resolution: int,
             meta = {
                 "labels": labels if dataset.labels is not None else None,
                 "prepare": {"source": str(src), "resolution": resolution, "filter": filter,
-                            "center_crop": center_crop, "skipped": skipped},
+                            "center_crop": center_crop, "alpha_background": ALPHA_BACKGROUND[0],
+                            "skipped": skipped, **({"scan": scan} if scan else {})},
             }
             archive.writestr("dataset.json", json.dumps(meta))
         os.replace(temporary, out)
     finally:
         temporary.unlink(missing_ok=True)
-    return PrepareResult(out, written, skipped)
+    return PrepareResult(out, written, skipped, scan)
 
 
 def prepared_filter(path: str | os.PathLike) -> str | None:
