@@ -363,6 +363,13 @@ def test_setting_a_linked_value_is_refused_naming_its_source(config, flag, sourc
         lightning_cli(["--config", str(CONFIGS / config), flag], run=False)
 
 
+def test_stylenat_fit_reports_a_linked_value_in_one_line(capsys):
+    assert cli_main(["fit", "--config", str(CONFIGS / "demo.yaml"), "--data.resolution", "64"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("stylenat fit: error: data.resolution is linked and cannot be set: it follows the generator "
+                   "(model.generator, model.generator_kwargs.size)")
+
+
 def test_a_config_file_setting_a_linked_value_is_refused(tmp_path):
     override = tmp_path / "override.yaml"
     override.write_text(yaml.safe_dump({"data": {"init_args": {"resolution": 64}}}))
