@@ -1,7 +1,8 @@
 """natten_ops: 2-D neighborhood attention (plain, dilated, with relative positional bias, Hydra head
 groups) with a pure-PyTorch reference, C++ CPU kernels and a flex_attention backend.
 
-Semantics: NATTEN 0.14-0.17 (see shared/spec/neighborhood-attention.md). Layout ``[B, heads, H, W, D]``.
+Semantics: NATTEN 0.14-0.17, defined by :mod:`natten_ops.reference` (the ground truth) and ``csrc/na2d_index.h``;
+the layers are in ``docs/ARCHITECTURE.md``. Layout ``[B, heads, H, W, D]``.
 """
 
 from natten_ops._build import BuildError

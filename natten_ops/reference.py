@@ -5,7 +5,7 @@ attends (``window_indices``), gathers the ``k_h * k_w`` keys and values of every
 ordinary softmax. Works on any device and dtype and is differentiable through autograd. It
 materialises ``[B, heads, H, W, k_h*k_w, head_dim]`` tensors, so it is memory-hungry by design.
 
-Layouts (see ``shared/spec/neighborhood-attention.md``):
+Layouts (the window rule is :func:`window_indices`, the same as ``csrc/na2d_index.h``):
     q, k, v, out: [B, heads, H, W, head_dim]
     attn / logits: [B, heads, H, W, k_h * k_w], slot u = u_row * k_w + u_col
     rpb: [heads, 2*k_h - 1, 2*k_w - 1]

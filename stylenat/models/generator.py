@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stylenat.models.attention import HydraNeighborhoodAttention, RelativePositionAttention, broadcast_pattern
+from stylenat.models.attention import HydraNeighborhoodAttention, RelativePositionAttention
 from stylenat.models.layers import AdaIN, EqualLinear, FIRFilter2d, Mlp, pixel_norm, sinusoidal_position_encoding
 
 # ---------------------------------------------------------------------------------------------
@@ -181,8 +181,7 @@ class SynthesisStage(nn.Module):
         def attention() -> nn.Module:
             if pattern is None:
                 return RelativePositionAttention(dim, num_heads, resolution, qkv_bias)
-            kernels, dilations = zip(*pattern)
-            return HydraNeighborhoodAttention(dim, num_heads, kernels, dilations, qkv_bias, backend=backend)
+            return HydraNeighborhoodAttention(dim, num_heads, pattern, qkv_bias, backend=backend)
 
         self.blocks = nn.ModuleList(StyleBlock(dim, w_dim, attention(), mlp_ratio) for _ in range(2))
         self.blocks.apply(_init_linear)
@@ -313,6 +312,19 @@ class Generator(nn.Module):
 
     def extra_repr(self) -> str:
         return f"size={self.size}, z_dim={self.z_dim}, w_dim={self.w_dim}, style_mixing_prob={self.style_mixing_prob}"
+
+
+def broadcast_pattern(kernel_sizes: Sequence[int], dilations: Sequence[int]) -> list[tuple[int, int]]:
+    """Pair kernel sizes with dilations; a single entry on either side broadcasts over the other."""
+    kernel_sizes, dilations = list(kernel_sizes), list(dilations)
+    if len(kernel_sizes) == 1:
+        kernel_sizes = kernel_sizes * len(dilations)
+    if len(dilations) == 1:
+        dilations = dilations * len(kernel_sizes)
+    if len(kernel_sizes) != len(dilations):
+        raise ValueError(f"kernel_sizes {kernel_sizes} and dilations {dilations} must have the same length "
+                         "(or one of them a single entry)")
+    return list(zip(kernel_sizes, dilations))
 
 
 def _check_patterns(resolutions: Sequence[int], kernels, dilations, num_heads) -> list[list[tuple[int, int]]]:
