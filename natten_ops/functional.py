@@ -1,4 +1,5 @@
-"""The public neighborhood-attention functions: argument checks, backend choice and autograd.
+"""The public neighborhood-attention functions: argument checks and backend choice (the compiled kernels,
+their custom ops and autograd live in ``natten_ops.custom_ops``).
 
 Every call is validated here, once, with errors that name the argument and show the values; backends
 only ever see normalised arguments (``HeadGroup`` lists with pair-valued kernel sizes and dilations).
@@ -137,6 +138,17 @@ def unavailable_reason(backend: str, op: str, device, dtype: torch.dtype = torch
     if backend not in _REGISTRY:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return _REGISTRY[backend].unavailable_reason(op, torch.device(device), dtype, needs_grad, head_dim)
+
+
+def backend_status(backend: str, device="cpu") -> str:
+    """One line about ``backend`` on ``device``, without compiling anything: ``"available"`` (pure PyTorch),
+    ``"built"`` / ``"buildable (not built yet)"`` (compiled kernels; the first call builds them), or
+    ``"unavailable: why"``."""
+    reason = unavailable_reason(backend, "na2d", device)
+    if reason is not None:
+        return f"unavailable: {reason}"
+    impl = _REGISTRY[backend]
+    return impl.status() if hasattr(impl, "status") else "available"
 
 
 def available_backends(device="cpu", dtype: torch.dtype = torch.float32) -> list[str]:

@@ -39,10 +39,11 @@ def _lightning(argv: list[str]) -> int:
 
 def _info(_args) -> int:
     import stylenat
-    from natten_ops.__main__ import report
+    from natten_ops import report
 
     print(f"stylenat {stylenat.__version__}")
-    return report()
+    print(report())
+    return 0
 
 
 def _prepare(args) -> int:

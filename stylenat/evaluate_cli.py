@@ -94,11 +94,14 @@ def _generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--space", choices=("z", "w"), default="z",
                         help="interpolate by slerp between the z, or by lerp between the (truncated) w (default z)")
     parser.add_argument("--fps", type=int, default=30, help="frame rate of the interpolation video (default 30)")
+    parser.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                        help="run the synthesis network through torch.compile (default backend inductor; "
+                             "CUDA graphs on a GPU)")
 
 
 def _generate(args: argparse.Namespace) -> int:
     from stylenat.models.checkpoint import load_generator
-    from stylenat.sampling import parse_seeds
+    from stylenat.sampling import compile_generator, parse_seeds
 
     seeds = parse_seeds(args.seeds) if args.seeds is not None else []
     if not seeds and args.interpolate is None:
@@ -107,6 +110,8 @@ def _generate(args: argparse.Namespace) -> int:
     if args.interpolate is not None:
         _check_at_least(2, frames=args.frames)
     G, _ = load_generator(args.ckpt, _device(args.device))
+    if args.compile is not None:
+        compile_generator(G, args.compile)
     if args.cutoff is not None and not 1 <= args.cutoff <= G.num_ws:
         raise ValueError(f"--cutoff must lie in [1, {G.num_ws}] (this generator's style inputs), got {args.cutoff}")
     outdir = Path(args.outdir)

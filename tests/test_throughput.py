@@ -21,7 +21,7 @@ def test_throughput_training_skips_flex_on_cpu(capsys):
 def test_throughput_reports_a_failing_backend_and_goes_on(capsys, monkeypatch):
     calls = []
 
-    def out_of_memory_first(step, device, repeats):
+    def out_of_memory_first(step, device, repeats, warmup=1):
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory\nmore detail")
@@ -32,3 +32,12 @@ def test_throughput_reports_a_failing_backend_and_goes_on(capsys, monkeypatch):
     rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
     assert "can't allocate memory" in rows["reference"] and "more detail" not in rows["reference"]
     assert float(rows["cpu"].split("|")[2]) == 4.0  # batch 2 / 0.5 s
+
+
+def test_throughput_compares_eager_and_compiled(capsys):
+    assert main(["throughput", "--preset", "demo", "--batch", "2", "--repeats", "1", "--backends", "cpu",
+                 "--compile", "aot_eager"]) == 0
+    rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
+    assert float(rows["cpu"].split("|")[2]) > 0 and float(rows["cpu + compile"].split("|")[2]) > 0
+    assert main(["throughput", "--preset", "demo", "--compile", "fastest"]) == 2
+    assert "--compile must name a torch.compile backend" in capsys.readouterr().err
