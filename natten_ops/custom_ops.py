@@ -22,8 +22,7 @@ capture see them as single graph nodes. The extension is built and loaded on an 
 never at import; the wrappers make no host synchronisation (the group table is built on the host).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: torch.library reads the ops' annotations at runtime.
 from typing import Callable, Optional, Sequence
 
 import torch

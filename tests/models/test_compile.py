@@ -94,28 +94,40 @@ def test_export_of_a_nat_classifier_equals_eager():
         torch.testing.assert_close(exported.module()(other), model(other), **OUT_TOL)
 
 
-@pytest.mark.cuda
-@pytest.mark.parametrize("backend", ["cuda", "flex"])
-def test_generator_runs_in_cuda_graphs(backend):
-    """The eager generator records in a CUDA graph (a host sync in an op wrapper would abort the
-    capture) and replays with new latents; mode="reduce-overhead" compiles it without skipping CUDA graphs."""
-    from torch._dynamo.utils import counters
-
+def _cuda_generator(backend):
     torch.manual_seed(0)
     model = create_generator("demo", backend=backend).cuda().eval()
-    z = torch.randn(2, model.z_dim, device="cuda")
-    with torch.no_grad():
-        model(z)  # warm-up: builds the kernels, caches flex's block masks
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            captured = model(z)
-        z.copy_(torch.randn_like(z))
-        graph.replay()
-        expected = model(z)
-        torch.testing.assert_close(captured, expected, **OUT_TOL)
-        counters.clear()
-        compiled = torch.compile(model, fullgraph=True, mode="reduce-overhead")
-        for _ in range(3):  # warm-up, record, replay
-            out = compiled(z)
+    return model, torch.randn(2, model.z_dim, device="cuda")
+
+
+@pytest.mark.cuda
+@torch.no_grad()
+def test_cuda_kernels_record_in_a_cuda_graph():
+    """The eager generator over the cuda kernels records in a CUDA graph (a host sync or a host-to-device
+    copy in an op wrapper would abort the capture) and replays with new latents."""
+    model, z = _cuda_generator("cuda")
+    model(z)  # warm-up: builds the kernels
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = model(z)
+    z.copy_(torch.randn_like(z))
+    graph.replay()
+    torch.testing.assert_close(captured, model(z), **OUT_TOL)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", ["cuda", "flex"])
+@torch.no_grad()
+def test_generator_compiles_with_cuda_graphs(backend):
+    """mode="reduce-overhead" compiles the generator in one graph and runs it as a CUDA graph (inductor
+    skips CUDA graphs for graphs it cannot capture, and counts the skip)."""
+    from torch._dynamo.utils import counters
+
+    model, z = _cuda_generator(backend)
+    expected = model(z)
+    counters.clear()
+    compiled = torch.compile(model, fullgraph=True, mode="reduce-overhead")
+    for _ in range(3):  # warm-up, record, replay
+        out = compiled(z)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-3)
     assert not counters["inductor"]["cudagraph_skips"], dict(counters["inductor"])
