@@ -14,12 +14,13 @@ import torch
 from torch import Tensor
 
 from natten_ops import _build, flex, reference
+from natten_ops import triton as triton_backend
 from natten_ops.custom_ops import CompiledBackend
 from natten_ops.groups import HeadGroup, IntOrPair, as_pair
 
 logger = logging.getLogger("natten_ops")
 
-BACKENDS = ("reference", "cpu", "cuda", "flex")
+BACKENDS = ("reference", "cpu", "cuda", "triton", "flex")
 OPS = ("na2d", "na2d_qk", "na2d_av")
 
 
@@ -121,6 +122,7 @@ _REGISTRY = {
                            (torch.float32, torch.float64, torch.float16, torch.bfloat16)),
     "cuda": CompiledBackend("cuda", "cuda", _build.cuda_extension,
                             (torch.float32, torch.float64, torch.float16, torch.bfloat16), max_head_dim=128),
+    "triton": triton_backend,
     "flex": flex,
 }
 
@@ -128,8 +130,8 @@ _REGISTRY = {
 # passes the CPU harness, but they join the CUDA list only once they have passed the GPU test suite
 # on a GPU (README, "CUDA kernels"); until then backend="cuda" must be asked for by name.
 AUTO_ORDER = {"cpu": ("cpu", "reference"), "cuda": ("flex", "reference")}
-AUTO_NOTES = {"cuda": "the cuda kernels join this list once they pass the GPU test suite on a GPU; "
-                      "until then ask for backend='cuda' by name"}
+AUTO_NOTES = {"cuda": "the cuda and triton kernels join this list once they pass the GPU test suite and are "
+                      "measured on a GPU; until then ask for backend='cuda' or 'triton' by name"}
 
 
 def unavailable_reason(backend: str, op: str, device, dtype: torch.dtype = torch.float32,
@@ -214,7 +216,7 @@ def na2d(q: Tensor, k: Tensor, v: Tensor, kernel_size: IntOrPair, dilation: IntO
         dilation: int >= 1 or ``(d_h, d_w)``; ``k * d`` must not exceed the axis length.
         rpb: optional relative positional bias ``[heads, 2*k_h - 1, 2*k_w - 1]`` (added after scaling).
         scale: logit scale, ``head_dim ** -0.5`` by default.
-        backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"cuda"`` or ``"flex"``.
+        backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"flex"``.
 
     Returns:
         ``[B, heads, H, W, head_dim]``, in the dtype of q.

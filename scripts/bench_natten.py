@@ -2,14 +2,17 @@
 
     python scripts/bench_natten.py                  # CPU: cpu vs flex (compiled) vs reference
     python scripts/bench_natten.py --quick          # fewer shapes and repeats
-    python scripts/bench_natten.py --device cuda --dtype bfloat16 --batch-scale 2 --highres
+    python scripts/bench_natten.py --device cuda --dtype bfloat16,float32 --batch-scale 2 --highres
 
 Prints, per shape (B, heads, H=W, head_dim, kernel, dilation): forward and forward+backward time (median
 of --repeats after warm-up), peak memory, achieved GFLOP/s (forward counts 4*B*heads*H*W*k*k*D flops:
-q.k and attn.v, a multiply and an add each) and the speed-ups of the first backend over the others.
+q.k and attn.v, a multiply and an add each; forward+backward 3.5 times that), on CUDA the TFLOP/s of every
+backend, and the speed-ups of the first backend over the others.
 Ratios are measured in this run, on this machine; they are the figures the README quotes. The pseudo-
 backend ``sdpa`` (default on CUDA) is dense ``scaled_dot_product_attention`` over the same H*W tokens:
-not neighborhood attention, a roofline for what a tuned attention kernel reaches on this device.
+not neighborhood attention, a roofline for what a tuned attention kernel reaches on this device (its
+TFLOP/s count the dense 4*B*heads*(H*W)^2*D flops). On CUDA the default backends are triton, cuda, flex
+(compiled) and sdpa; ``triton`` on CPU tensors would run in Triton's interpreter and is not timed.
 """
 
 from __future__ import annotations
@@ -73,7 +76,8 @@ def run_case(backend: str, shape, device, dtype, repeats: int, backward: bool):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--dtype", default="float32",
+                        help="float32, float16 or bfloat16, or a comma list: one table per dtype")
     parser.add_argument("--backends", default=None, help="comma list; first is the one compared (default cpu/cuda first)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true")
@@ -82,14 +86,25 @@ def main(argv=None):
     parser.add_argument("--sizes", default=None, help="comma list of H=W sizes to run (default: all)")
     args = parser.parse_args(argv)
 
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    device = torch.device(args.device)
+    dtypes = [getattr(torch, name) for name in args.dtype.split(",")]
+    if not all(dtype in (torch.float32, torch.float16, torch.bfloat16) for dtype in dtypes):
+        parser.error(f"--dtype takes float32, float16, bfloat16 or a comma list of them, got {args.dtype!r}")
     backends = (args.backends.split(",") if args.backends else
-                (["cuda", "flex", "reference", "sdpa"] if device.type == "cuda" else ["cpu", "flex", "reference"]))
-    print(f"# natten_ops {natten_ops.__version__}, torch {torch.__version__}, device {device}"
-          f" ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'})"
-          f", dtype {args.dtype}")
+                (["triton", "cuda", "flex", "sdpa"] if device.type == "cuda" else ["cpu", "flex", "reference"]))
+    for dtype in dtypes:
+        print(f"# natten_ops {natten_ops.__version__}, torch {torch.__version__}, device {device}"
+              f" ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'})"
+              f", dtype {str(dtype).removeprefix('torch.')}")
+        table(backends, device, dtype, args)
+
+
+def table(backends, device, dtype, args):
+    """One markdown table: every shape, forward and forward+backward, every backend."""
+    gpu = device.type == "cuda"
     header = ["B", "heads", "H=W", "D", "k", "d", "pass"] + [f"{b} ms" for b in backends] + \
-             [f"{b} MB" for b in backends] + [f"{backends[0]} GFLOP/s"] + [f"x vs {b}" for b in backends[1:]]
+             [f"{b} MB" for b in backends] + [f"{backends[0]} GFLOP/s"] + \
+             ([f"{b} TFLOP/s" for b in backends] if gpu else []) + [f"x vs {b}" for b in backends[1:]]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     sizes = {int(n) for n in args.sizes.split(",")} if args.sizes else None
@@ -101,6 +116,8 @@ def main(argv=None):
             for backend in backends:
                 reason = None if backend == "sdpa" else natten_ops.unavailable_reason(
                     backend, "na2d", device, dtype, needs_grad=backward, head_dim=D)
+                if backend == "triton" and device.type == "cpu" and reason is None:
+                    reason = "Triton's interpreter is not timed"
                 if reason is not None:
                     cells.append(None)
                     continue
@@ -109,13 +126,21 @@ def main(argv=None):
                 except (RuntimeError, MemoryError) as err:  # e.g. out of memory for the reference
                     print(f"# {backend} failed on {shape}: {(str(err) or type(err).__name__).splitlines()[0]}")
                     cells.append(None)
+            passes = 3.5 if backward else 1
             ms = [f"{c[0] * 1e3:.2f}" if c else "-" for c in cells]
             mb = [f"{c[1] / 2**20:.0f}" if c and c[1] is not None else "-" for c in cells]
-            gflops = f"{flops * (3.5 if backward else 1) / cells[0][0] / 1e9:.1f}" if cells[0] else "-"
+            gflops = f"{flops * passes / cells[0][0] / 1e9:.1f}" if cells[0] else "-"
+            tflops = [f"{(dense_flops(shape) if b == 'sdpa' else flops) * passes / c[0] / 1e12:.1f}" if c else "-"
+                      for b, c in zip(backends, cells)] if gpu else []
             ratios = [f"{c[0] / cells[0][0]:.1f}" if c and cells[0] else "-" for c in cells[1:]]
-            row = [B, heads, n, D, k, d, "fwd+bwd" if backward else "fwd", *ms, *mb, gflops, *ratios]
+            row = [B, heads, n, D, k, d, "fwd+bwd" if backward else "fwd", *ms, *mb, gflops, *tflops, *ratios]
             print("| " + " | ".join(str(x) for x in row) + " |", flush=True)
 
+
+def dense_flops(shape) -> int:
+    """Forward flops of dense attention over all H*W tokens (the sdpa roofline)."""
+    B, heads, n, D, _, _ = shape
+    return 4 * B * heads * (n * n) ** 2 * D
 
 if __name__ == "__main__":
     main()

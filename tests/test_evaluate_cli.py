@@ -175,6 +175,30 @@ def test_fid_on_a_folder_takes_the_first_num_images(real_images, tmp_path):
     assert record["num_samples"] == 6 and record["cur_nimg"] is None
 
 
+def test_fid_stylenat_paper_protocol_records_its_settings_and_subset(ckpt, real_images, tmp_path, capsys):
+    argv = ["fid", "--ckpt", ckpt, "--protocol", "stylenat-paper", "--ref-data", real_images, "--extractor", TINY,
+            "--num", "12", "--ref-subset", "12", "--batch", "12", "--device", "cpu", "--run-dir", tmp_path]
+    assert run(*argv) == 0
+    assert "(12 images)" in capsys.readouterr().out  # the reference's image count
+    record, = _records(tmp_path, "fd_tiny12")
+    assert (record["protocol"], record["mode"], record["truncation"]) == ("stylenat-paper", "legacy_pytorch", 1.0)
+    assert record["reference_images"] == 12 and record["reference_subset"]["size"] == 12
+    assert record["reference_subset"]["seed"] == 0 and len(record["reference_subset"]["fingerprint"]) == 16
+
+
+def test_fid_warns_when_the_training_data_filter_differs_from_the_reference(real_images, tmp_path):
+    from stylenat.data import prepare
+
+    torch.manual_seed(0)
+    lanczos = save_generator(create_generator("demo"), tmp_path / "g.safetensors", "demo", {},
+                             {"data_resize_filter": "lanczos"})
+    box = prepare(real_images, tmp_path / "box.zip", 32, filter="box", progress=False).path
+    with pytest.warns(UserWarning, match="the generator's training data was resized with the 'lanczos' filter but "
+                                         "the reference statistics .* come from 'box'-resized images"):
+        assert run("fid", "--ckpt", lanczos, "--ref-data", box, "--extractor", TINY, "--num", "4",
+                   "--device", "cpu") == 0
+
+
 def test_fid_offline_names_the_inception_file(ckpt, capsys):
     assert run("fid", "--ckpt", ckpt, "--ref-data", "unused", "--num", "8") == 2
     err = capsys.readouterr().err
@@ -249,6 +273,14 @@ BAD_INPUT = [
     (["fid", "--ckpt", "{ckpt}", "--ref-data", "{bad}", "--extractor", TINY], "no images"),
     (["fid", "--images", "{bad}", "--ref-data", "{bad}"], "no images"),
     (["fid", "--images", "{bad}", "--ref-data", "{bad}", "--seed", "3"], "use them with --ckpt"),
+    (["fid", "--ckpt", "{ckpt}", "--ref", "lsun_church:256:trainfull", "--mode", "legacy_pytorch"],
+     "clean mode only, not legacy_pytorch"),
+    (["fid", "--ckpt", "{ckpt}", "--protocol", "stylenat-paper", "--ref-data", "{bad}", "--mode", "clean"],
+     "measures in mode legacy_pytorch, not clean: drop --mode"),
+    (["fid", "--ckpt", "{ckpt}", "--protocol", "stylenat-paper", "--ref", "ffhq:256:trainval70k"],
+     "give the dataset (--ref-data)"),
+    (["fid", "--ckpt", "{ckpt}", "--protocol", "stylenat-paper", "--ref-data", "{bad}", "--trunc", "0.7"],
+     "drop --trunc"),
     (["attention-map", "--ckpt", "{bad}/missing.ckpt", "--resolution", "16", "--query", "0,0"], "checkpoint not found"),
     (["attention-map", "--ckpt", "{ckpt}", "--resolution", "64", "--query", "0,0"], "choose from [8, 16, 32]"),
     (["attention-map", "--ckpt", "{ckpt}", "--resolution", "4", "--query", "0,0"], "not a neighborhood-attention"),

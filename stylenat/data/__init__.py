@@ -11,7 +11,7 @@ from stylenat.data.datamodule import ClassificationDataModule, StyleNATDataModul
 from stylenat.data.digits import DigitsDataset
 from stylenat.data.factory import BUILTIN_DATASETS, dataset_kind, open_dataset
 from stylenat.data.formats import ImageFolderDataset, LSUNDataset, ZipDataset
-from stylenat.data.prepare import PrepareResult, prepare, prepare_main
+from stylenat.data.prepare import PrepareResult, prepare
 from stylenat.data.sampler import InfiniteSampler
 from stylenat.data.transforms import IMAGE_EXTENSIONS, RESIZE_FILTERS
 
@@ -33,6 +33,5 @@ __all__ = [
     "dataset_kind",
     "open_dataset",
     "prepare",
-    "prepare_main",
     "stratified_split",
 ]

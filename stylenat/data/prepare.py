@@ -1,10 +1,11 @@
-"""``stylenat prepare``: convert a folder, zip, LSUN LMDB or built-in dataset to a StyleGAN-layout zip.
+"""Convert a folder, zip, LSUN LMDB or built-in dataset to a StyleGAN-layout zip.
 
 The output holds ``00000/img00000000.png``, ``00000/img00000001.png``, ... (1,000 per folder) at exactly
 ``resolution x resolution`` RGB, and a ``dataset.json`` with ``"labels"`` (``[[name, class], ...]`` when
 the source has labels, else ``null``, as StyleGAN's ``dataset_tool.py`` writes) and ``"prepare"``: the
 source, resolution, resize filter and centre-crop flag, and the unreadable files left out. Recording
-the filter matters: FID differs by about a point between ``box`` and ``lanczos`` downsampling.
+the filter matters: FID differs by about a point between ``box`` and ``lanczos`` downsampling, and
+:func:`prepared_filter` reads it back (the metrics warn when it differs from the reference statistics').
 
 The zip is written to a temporary file beside the target and renamed into place, so an interrupted run
 never leaves a half-written dataset under the target name.
@@ -12,12 +13,10 @@ never leaves a half-written dataset under the target name.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
 import zipfile
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,6 @@ from tqdm import tqdm
 
 from stylenat.data.base import OnError, UnreadableImageError
 from stylenat.data.factory import open_dataset
-from stylenat.data.transforms import RESIZE_FILTERS
 
 IMAGES_PER_FOLDER = 1000
 
@@ -64,7 +62,7 @@ def prepare(src: str | os.PathLike, out_zip: str | os.PathLike, resolution: int,
     if out.suffix.lower() != ".zip":
         raise ValueError(f"output {str(out)!r} must end in .zip")
     if out.exists() and not force:
-        raise FileExistsError(f"output {str(out)!r} already exists; pass --force (force=True) to overwrite it")
+        raise FileExistsError(f"output {str(out)!r} already exists; pass --force to overwrite it")
     dataset = open_dataset(src, resolution, filter=filter, center_crop=center_crop, on_error=on_error,
                            class_folders=class_folders)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -104,35 +102,18 @@ def prepare(src: str | os.PathLike, out_zip: str | os.PathLike, resolution: int,
     return PrepareResult(out, written, skipped)
 
 
-def prepare_parser(prog: str = "stylenat prepare") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="Convert a folder of images, a zip, an LSUN LMDB "
-                                     "or a built-in dataset to a StyleGAN-layout zip of PNGs.")
-    parser.add_argument("src", help="folder, .zip, LSUN LMDB folder, or built-in name (digits)")
-    parser.add_argument("out", help="output .zip")
-    parser.add_argument("--resolution", type=int, required=True, help="output side in pixels")
-    parser.add_argument("--filter", choices=sorted(RESIZE_FILTERS), default="lanczos",
-                        help="resize filter (default: lanczos); recorded in dataset.json")
-    parser.add_argument("--center-crop", action=argparse.BooleanOptionalAction, default=True,
-                        help="crop non-square images to their centre square (default); "
-                             "--no-center-crop rejects them")
-    parser.add_argument("--class-folders", action="store_true",
-                        help="for a folder source: its sub-folders are classes, written as labels")
-    parser.add_argument("--on-error", choices=("skip", "raise"), default="skip",
-                        help="unreadable images: skip and report them (default) or stop")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing output zip")
-    return parser
-
-
-def prepare_main(argv: Sequence[str] | None = None) -> int:
-    """``stylenat prepare SRC OUT.zip --resolution R [--filter lanczos|box] [--no-center-crop] [--force]``."""
-    parser = prepare_parser()
-    args = parser.parse_args(argv)
-    try:
-        result = prepare(args.src, args.out, args.resolution, args.filter, args.center_crop, args.force,
-                         class_folders=args.class_folders, on_error=args.on_error)
-    except (FileExistsError, FileNotFoundError, NotADirectoryError, ValueError, UnreadableImageError) as error:
-        parser.error(str(error))
-    crop = "centre-cropped, " if args.center_crop else ""
-    print(f"wrote {result.num_images} images ({args.resolution}x{args.resolution}, {crop}{args.filter}) "
-          f"to {result.path}; skipped {len(result.skipped)} unreadable")
-    return 0
+def prepared_filter(path: str | os.PathLike) -> str | None:
+    """The resize filter ``stylenat prepare`` recorded in a zip's ``dataset.json`` (None: not recorded, or not
+    a zip)."""
+    path = Path(path)
+    if path.suffix.lower() != ".zip" or not zipfile.is_zipfile(path):
+        return None
+    with zipfile.ZipFile(path) as archive:
+        if "dataset.json" not in archive.namelist():
+            return None
+        try:
+            meta = json.loads(archive.read("dataset.json"))
+        except json.JSONDecodeError:
+            return None
+    prepared = meta.get("prepare") if isinstance(meta, dict) else None
+    return prepared.get("filter") if isinstance(prepared, dict) else None

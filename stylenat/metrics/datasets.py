@@ -3,7 +3,7 @@
 :func:`dataset_features` takes any map-style dataset (``len`` + indexing, e.g. the data package's
 folder / zip / LMDB datasets) or any iterable. Items are images ``[3, H, W]`` (tensor or array), or
 tuples whose first element is one: uint8 in [0, 255], or float in [-1, 1] as the data package gives
-them (``u / 127.5 - 1``), which :func:`~stylenat.metrics.sampling.to_uint8` turns back into exactly
+them (``u / 127.5 - 1``), which :func:`~stylenat.metrics.samples.to_uint8` turns back into exactly
 the original bytes. :class:`ImageFiles` is a minimal reader for a folder or a
 zip, and :func:`fingerprint_path` identifies what is on disk so cached statistics are reused only
 while the data is unchanged.
@@ -12,6 +12,7 @@ while the data is unchanged.
 from __future__ import annotations
 
 import hashlib
+import re
 import zipfile
 from collections.abc import Iterable, Sized
 from itertools import islice
@@ -26,13 +27,25 @@ from tqdm import tqdm
 
 from stylenat.metrics.distributed import gather_features, own_share, rank_and_world, shard
 from stylenat.metrics.extractors import FeatureExtractor
-from stylenat.metrics.sampling import to_uint8
+from stylenat.metrics.samples import strict_float32, to_uint8
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
+def natural_key(name: str) -> tuple:
+    """Sort key that orders digit runs by value: ``seed9999.png`` before ``seed10000.png``.
+
+    >>> sorted(["seed10000.png", "seed9999.png", "a/seed2.png"], key=natural_key)
+    ['a/seed2.png', 'seed9999.png', 'seed10000.png']
+    """
+    parts = re.split(r"(\d+)", name)  # text, digits, text, ...: every position holds one kind
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(parts)), name  # name: ties (01 vs 1)
+
+
 class ImageFiles(Dataset):
-    """The images of a folder (recursive) or a zip, sorted by relative path, as uint8 ``[3, H, W]`` RGB."""
+    """The images of a folder (recursive) or a zip, in natural order of their relative paths (``seed9999.png``
+    before ``seed10000.png``, so the first N of ``generate --seeds 0-49999`` are seeds 0..N-1), as uint8
+    ``[3, H, W]`` RGB."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -44,7 +57,7 @@ class ImageFiles(Dataset):
                 names = zf.namelist()
         else:
             raise FileNotFoundError(f"{self.path} is neither a folder nor a zip of images")
-        self.names = sorted(n for n in names if n.lower().endswith(IMAGE_EXTENSIONS))
+        self.names = sorted((n for n in names if n.lower().endswith(IMAGE_EXTENSIONS)), key=natural_key)
         if not self.names:
             raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {self.path}")
         self._zip: zipfile.ZipFile | None = None
@@ -142,7 +155,8 @@ def dataset_features(dataset: Iterable, extractor: FeatureExtractor, *, resoluti
                      verbose: bool = True) -> np.ndarray:
     """Features ``[N, D]`` of the first ``max_items`` (default all) images of ``dataset``, in order.
 
-    Images must be ``[3, resolution, resolution]`` when ``resolution`` is given. Under DDP each rank
+    Images must be ``[3, resolution, resolution]`` when ``resolution`` is given; the extractor runs with TF32
+    off. Under DDP each rank
     reads its share and all ranks gather the result (every rank must call this).
     """
     if max_items is not None and max_items < 1:
@@ -163,7 +177,8 @@ def dataset_features(dataset: Iterable, extractor: FeatureExtractor, *, resoluti
                 bar.update(len(idx))
         return np.concatenate(indices), np.concatenate(feats)
 
-    features = gather_features(*own_share(work))
+    with strict_float32():
+        features = gather_features(*own_share(work))
     if len(features) == 0:
         raise ValueError("the dataset yielded no images")
     return features

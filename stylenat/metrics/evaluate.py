@@ -4,13 +4,16 @@ This is what the training callback and ``stylenat fid`` call. Each metric comes 
 dict) that states how it was measured; with ``run_dir`` rank 0 also appends it to
 ``metric-<metric>.jsonl``. Example record::
 
-    {"metric": "fid50k", "value": 4.21, "extractor": "inception_v3", "mode": "clean",
+    {"metric": "fid50k_full", "value": 4.21, "extractor": "inception_v3", "mode": "clean", "protocol": null,
      "reference": "ffhq_256_trainval70k", "reference_source": "clean-fid:ffhq_clean_trainval70k_256.npz",
-     "reference_images": null, "num_samples": 50000, "seed": 0, "truncation": 1.0,
+     "reference_images": 70000, "reference_subset": null, "num_samples": 50000, "seed": 0, "truncation": 1.0,
      "checkpoint": "run/last.ckpt", "cur_nimg": 25000000, "kimg": 25000.0, "world_size": 8,
      "wall_time_s": 412.8, "timestamp": 1767225600.0}
 
-KID records add ``kid_subsets`` and ``kid_subset_size`` (subsets drawn with seed 0).
+The name ends in ``_full`` (FID/KID only) when the reference covers its whole dataset; a random reference
+subset is recorded as ``{"size", "seed", "fingerprint"}``. ``protocol`` names a fixed protocol such as
+``stylenat-paper`` (:mod:`stylenat.metrics.protocols`). KID records add ``kid_subsets`` and
+``kid_subset_size`` (subsets drawn with seed 0).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from stylenat.metrics.distributed import rank_and_world
 from stylenat.metrics.extractors import FeatureExtractor, metric_name
 from stylenat.metrics.records import append_metric_record
 from stylenat.metrics.reference import ReferenceStats
-from stylenat.metrics.sampling import Generator, generator_features
+from stylenat.metrics.samples import GeneratorFn, generator_features
 
 
 def _check_kid(reference: ReferenceStats, kid: bool) -> None:
@@ -41,7 +44,8 @@ def evaluate_features(features: np.ndarray, reference: ReferenceStats, *, extrac
                       kid: bool = False, kid_subsets: int = 100, kid_subset_size: int = 1000,
                       seed: int | None = None, truncation: float | None = None,
                       checkpoint: str | os.PathLike | None = None, cur_nimg: int | None = None,
-                      start_time: float | None = None, run_dir: str | os.PathLike | None = None) -> list[dict]:
+                      start_time: float | None = None, run_dir: str | os.PathLike | None = None,
+                      protocol: str | None = None) -> list[dict]:
     """Records for the Fréchet distance (and KID if ``kid``) of ``features`` ``[N, D]`` to ``reference``.
 
     ``seed``, ``truncation``, ``checkpoint`` and ``cur_nimg`` describe where the features came from
@@ -57,16 +61,18 @@ def evaluate_features(features: np.ndarray, reference: ReferenceStats, *, extrac
         values["kd"] = kernel_distance(reference.features, features, kid_subsets, kid_subset_size)
     rank, world = rank_and_world()
     cur_nimg = None if cur_nimg is None else int(cur_nimg)  # plain JSON types, whatever the caller holds
-    common = dict(extractor=extractor.name, mode=extractor.mode, reference=reference.label,
+    common = dict(extractor=extractor.name, mode=extractor.mode, protocol=protocol, reference=reference.label,
                   reference_source=reference.source, reference_images=reference.num_images,
-                  num_samples=len(features), seed=None if seed is None else int(seed),
+                  reference_subset=reference.subset, num_samples=len(features),
+                  seed=None if seed is None else int(seed),
                   truncation=None if truncation is None else float(truncation),
                   checkpoint=None if checkpoint is None else str(checkpoint), cur_nimg=cur_nimg,
                   kimg=None if cur_nimg is None else cur_nimg / 1000, world_size=world,
                   wall_time_s=round(time.time() - start_time, 3), timestamp=time.time())
     records = []
     for kind, value in values.items():
-        record = {"metric": metric_name(kind, extractor.name, len(features)), "value": value, **common}
+        name = metric_name(kind, extractor.name, len(features), reference.covers_dataset)
+        record = {"metric": name, "value": value, **common}
         if kind == "kd":
             record.update(kid_subsets=kid_subsets, kid_subset_size=kid_subset_size)
         records.append(record)
@@ -75,16 +81,18 @@ def evaluate_features(features: np.ndarray, reference: ReferenceStats, *, extrac
     return records
 
 
-def evaluate_generator(generator: Generator, reference: ReferenceStats, *, extractor: FeatureExtractor,
+def evaluate_generator(generator: GeneratorFn, reference: ReferenceStats, *, extractor: FeatureExtractor,
                        num_samples: int = 50_000, seed: int = 0, z_dim: int = 512, batch_size: int = 32,
                        device: str | torch.device = "cpu", truncation: float = 1.0, kid: bool = False,
                        kid_subsets: int = 100, kid_subset_size: int = 1000,
                        checkpoint: str | os.PathLike | None = None, cur_nimg: int | None = None,
-                       run_dir: str | os.PathLike | None = None, verbose: bool = True) -> list[dict]:
+                       run_dir: str | os.PathLike | None = None, protocol: str | None = None,
+                       verbose: bool = True) -> list[dict]:
     """Sample ``num_samples`` images (seeds ``seed + i``) and evaluate them against ``reference``.
 
     ``generator`` maps ``z`` ``[B, z_dim]`` to images in [-1, 1] with ``truncation`` already applied
-    (the value is recorded, not applied here). Under DDP every rank calls this with the same
+    (the value is recorded, not applied here); it runs in strict float32 (TF32 off, see
+    :func:`~stylenat.metrics.samples.generator_features`). Under DDP every rank calls this with the same
     arguments; the samples are shared out, every rank gets the records, rank 0 writes them.
     """
     start_time = time.time()
@@ -95,4 +103,5 @@ def evaluate_generator(generator: Generator, reference: ReferenceStats, *, extra
                                   verbose=verbose)
     return evaluate_features(features, reference, extractor=extractor, kid=kid, kid_subsets=kid_subsets,
                              kid_subset_size=kid_subset_size, seed=seed, truncation=truncation,
-                             checkpoint=checkpoint, cur_nimg=cur_nimg, start_time=start_time, run_dir=run_dir)
+                             checkpoint=checkpoint, cur_nimg=cur_nimg, start_time=start_time, run_dir=run_dir,
+                             protocol=protocol)

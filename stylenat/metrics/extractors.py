@@ -5,8 +5,13 @@ An extractor maps uint8 images ``[N, 3, H, W]`` in [0, 255] to float features ``
 networks or preprocessing never mix:
 
 - ``inception_v3`` is reserved for clean-fid's Inception, the only extractor whose Fréchet distance
-  is called FID (``fid50k``) and whose kernel distance is called KID (``kid50k``);
-- any other extractor is named in the metric: ``fd_<name>50k``, ``kd_<name>50k``.
+  is called FID and whose kernel distance is called KID, with StyleGAN's names: ``fid50k_full`` for 50k
+  samples against the full dataset, ``fid50k`` against 50k real images (a subset);
+- any other extractor is named in the metric: ``fd_<name>50k``, ``kd_<name>50k`` (its records state how
+  many reference images it used).
+
+:func:`extractor_digest` hashes an extractor's network weights, so that cached statistics are keyed by the
+weights and not only by the name.
 
 :class:`CleanFIDExtractor` applies clean-fid's per-image preprocessing for a mode and then any
 network; :func:`inception_extractor` builds it around clean-fid's Inception, with weights found
@@ -16,6 +21,7 @@ inject their own small network into the same class.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
 import re
@@ -56,17 +62,42 @@ def check_name(name: str, what: str = "extractor name") -> str:
     return name
 
 
-def metric_name(kind: str, extractor_name: str, num_samples: int) -> str:
-    """``fid50k`` / ``kid50k`` for clean-fid's Inception, ``fd_<name>50k`` / ``kd_<name>50k`` otherwise.
+def metric_name(kind: str, extractor_name: str, num_samples: int, full_reference: bool = False) -> str:
+    """``fid50k`` / ``kid50k`` for clean-fid's Inception (``fid50k_full`` / ``kid50k_full`` when the reference
+    statistics cover the full dataset, StyleGAN's names), ``fd_<name>50k`` / ``kd_<name>50k`` otherwise.
 
     ``kind`` is ``"fd"`` (Fréchet distance) or ``"kd"`` (kernel distance); counts that are not whole
     thousands are written out (``fd_tiny48``).
     """
     if kind not in ("fd", "kd"):
         raise ValueError(f"metric kind must be 'fd' or 'kd', got {kind!r}")
-    base = {"fd": "fid", "kd": "kid"}[kind] if extractor_name == INCEPTION else f"{kind}_{check_name(extractor_name)}"
+    inception = extractor_name == INCEPTION
+    base = {"fd": "fid", "kd": "kid"}[kind] if inception else f"{kind}_{check_name(extractor_name)}"
     count = f"{num_samples // 1000}k" if num_samples % 1000 == 0 else str(num_samples)
-    return f"{base}{count}"
+    return f"{base}{count}" + ("_full" if inception and full_reference else "")
+
+
+def extractor_digest(extractor: FeatureExtractor) -> str:
+    """12 hex digits of a hash of the extractor's network weights (every state-dict entry: name, dtype, shape,
+    bytes), for cache keys; ``"nodigest"`` when the extractor exposes no ``network`` module. Computed once per
+    extractor object."""
+    cached = getattr(extractor, "_weights_digest", None)
+    if cached is not None:
+        return cached
+    network = getattr(extractor, "network", None)
+    if not isinstance(network, nn.Module):
+        return "nodigest"
+    h = hashlib.sha256(b"stylenat-extractor-weights-v1\0")
+    for name, tensor in sorted(network.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest = h.hexdigest()[:12]
+    try:
+        extractor._weights_digest = digest
+    except AttributeError:  # an immutable extractor object: recompute next time
+        pass
+    return digest
 
 
 def check_images(images: Tensor) -> None:

@@ -9,11 +9,8 @@ kernels, Haar filters) are not read: our modules rebuild them. Anything else unm
 the wrong shape is an error that lists every offending name.
 
 Pixel scale: the reference generator outputs ImageNet-normalised pixels ``x`` (``x * std + mean`` is in
-[0, 1]); ours outputs ``2 * (x * std + mean) - 1``, in [-1, 1]. That map is affine per channel and the
-image is a linear sum of FIR-upsampled per-stage RGB (``img = sum_s up^(n_s)(rgb_s)``, the last stage's
-RGB added as is), so it folds exactly into the ToRGB layers: every ToRGB weight and bias is scaled by
-``2 * std`` and ``2 * mean - 1`` is added once, to the last stage's RGB bias (never upsampled, so no
-FIR border effect touches it).
+[0, 1]); ours outputs ``2 * (x * std + mean) - 1``, in [-1, 1]. That map folds exactly into the ToRGB
+layers (:func:`stylenat.models.pixels.imagenet_output_fold`).
 
 The reference discriminator was likewise trained on ImageNet-normalised images; its weights are copied
 unchanged (the Haar pyramid's zero-padded FIR filters make that input map not foldable exactly), so
@@ -33,9 +30,8 @@ from torch import Tensor
 from stylenat.models.attention import HydraNeighborhoodAttention
 from stylenat.models.discriminator import Discriminator
 from stylenat.models.generator import Generator
+from stylenat.models.pixels import fold_output, imagenet_output_fold
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 Checkpoint = Union[str, PathLike, Mapping[str, Any]]
 
@@ -161,14 +157,7 @@ def convert_generator(state_dict: Mapping[str, Tensor], generator: Generator, w_
         converted.update(_regroup_rpb([t for _, t in sorted(tables, key=lambda x: x[0])], hydra[name], name))
     _check_complete(converted, unmapped, generator, skip=("mapping.w_avg",))
 
-    scale = 2 * torch.tensor(IMAGENET_STD)
-    num_stages = len(generator.synthesis.stages)
-    for i in range(num_stages):
-        prefix = f"synthesis.stages.{i}.to_rgb."
-        converted[prefix + "proj.weight"] *= scale[:, None]
-        converted[prefix + "proj.bias"] *= scale
-        converted[prefix + "bias"] *= scale
-    converted[f"synthesis.stages.{num_stages - 1}.to_rgb.bias"] += 2 * torch.tensor(IMAGENET_MEAN) - 1
+    converted = fold_output(converted, imagenet_output_fold(len(generator.synthesis.stages)))
 
     mapping = {k[len("mapping."):]: v for k, v in converted.items() if k.startswith("mapping.")}
     z = torch.randn(w_avg_samples, generator.z_dim, generator=torch.Generator().manual_seed(seed))

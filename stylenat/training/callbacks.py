@@ -6,8 +6,9 @@
     ImageGrids          reals.png at start, fakes_init.png, fakes<kimg:06d>.png: fixed latents through G_ema;
                         also to TensorBoard (step = kimg)
     GeneratorExport     network-snapshot-<kimg:06d>.safetensors and generator.safetensors (the latest): G_ema
-                        and its config, for ``load_generator``
-    KimgCheckpoint      Lightning's ModelCheckpoint writing last.ckpt every N kimg and when training ends
+                        and its config, for ``load_generator``; also at extra kimg marks
+    KimgCheckpoint      Lightning's ModelCheckpoint writing last.ckpt every N kimg and when training ends, and a
+                        kept kimg<kimg:06d>.ckpt at extra kimg marks
     KimgProgressBar     the training bar in kimg, with rate and ETA
     CPUThreads          torch's intra-op thread count for the run (CPU demos on shared machines)
     AtomicCheckpointIO  checkpoints go to a temporary file beside the target, are fsynced, then renamed over it
@@ -19,6 +20,7 @@ import math
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from lightning.pytorch.plugins import TorchCheckpointIO
 from PIL import Image
 from torch import Tensor
 
+from stylenat.data.prepare import prepared_filter
 from stylenat.models.checkpoint import save_generator
 
 
@@ -61,13 +64,23 @@ def image_grid(images: Tensor, columns: int) -> np.ndarray:
     return pixels.view(rows, columns, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, columns * w, c).numpy()
 
 
+def crossed_mark(nimg_before: int, nimg_after: int, marks_kimg: Sequence[float]) -> bool:
+    """Whether a step from ``nimg_before`` to ``nimg_after`` images reached one of ``marks_kimg``.
+
+    >>> crossed_mark(60_159_936, 60_160_000, [60_160]), crossed_mark(60_160_000, 60_160_064, [60_160])
+    (True, False)
+    """
+    return any(nimg_before < round(mark * 1000) <= nimg_after for mark in marks_kimg)
+
+
 class KimgSchedule:
     """When a callback driven by images seen acts: after every step that passes a multiple of ``every_kimg``
-    thousand images (never if None), and when training ends unless that state is written already (so a fit
-    that trains no step, e.g. resumed from a finished run, writes nothing)."""
+    thousand images (never if None) or reaches one of ``marks_kimg``, and when training ends unless that state
+    is written already (so a fit that trains no step, e.g. resumed from a finished run, writes nothing)."""
 
-    def __init__(self, every_kimg: float | None):
+    def __init__(self, every_kimg: float | None, marks_kimg: Sequence[float] = ()):
         self.every_kimg = every_kimg
+        self.marks_kimg = tuple(marks_kimg)
         self._before = 0  # cur_nimg when the current step began
         self._written = 0  # cur_nimg of the state written last, or found when this fit started
 
@@ -78,7 +91,11 @@ class KimgSchedule:
         self._before = nimg
 
     def due(self, nimg: int) -> bool:
-        return crossed(self._before, nimg, self.every_kimg)
+        return crossed(self._before, nimg, self.every_kimg) or self.at_mark(nimg)
+
+    def at_mark(self, nimg: int) -> bool:
+        """Whether the step that ends at ``nimg`` images reached one of the marks."""
+        return crossed_mark(self._before, nimg, self.marks_kimg)
 
     def due_at_end(self, nimg: int) -> bool:
         return nimg != self._written
@@ -189,11 +206,13 @@ def _image(item: Any) -> Tensor:
 
 class GeneratorExport(KimgScheduled, Callback):
     """Export ``G_ema`` with :func:`stylenat.models.save_generator` as ``network-snapshot-<kimg:06d>.safetensors``
-    and ``generator.safetensors`` (always the latest) every ``every_kimg`` (None: never) and when training ends.
-    The export records ``cur_nimg``."""
+    and ``generator.safetensors`` (always the latest) every ``every_kimg`` (None: never), when training reaches
+    each of ``marks_kimg`` and when training ends. The export records ``cur_nimg`` and the resize filter that
+    ``stylenat prepare`` recorded for the training data (``data_resize_filter``; ``stylenat fid`` warns when it
+    differs from the reference statistics')."""
 
-    def __init__(self, every_kimg: float | None):
-        self.schedule = KimgSchedule(every_kimg)
+    def __init__(self, every_kimg: float | None, marks_kimg: Sequence[float] = ()):
+        self.schedule = KimgSchedule(every_kimg, marks_kimg)
         self._dir: Path | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -204,7 +223,9 @@ class GeneratorExport(KimgScheduled, Callback):
             return
         assert self._dir is not None
         hp = pl_module.hparams
-        info = {"cur_nimg": pl_module.cur_nimg}
+        data_path = getattr(trainer.datamodule, "hparams", {}).get("path")
+        info = {"cur_nimg": pl_module.cur_nimg,
+                "data_resize_filter": None if data_path is None else prepared_filter(data_path)}
         for name in (f"network-snapshot-{pl_module.cur_nimg // 1000:06d}.safetensors", "generator.safetensors"):
             save_generator(pl_module.G_ema, self._dir / name, hp.generator, dict(hp.generator_kwargs or {}), info)
 
@@ -214,23 +235,29 @@ class KimgCheckpoint(KimgScheduled, ModelCheckpoint):
     training ends (the stock one counts ``global_step``, which is two optimizer steps per GAN step, and does not
     save at the end once it has saved before). ``--ckpt_path last`` finds the file in ``dirpath`` (default: the
     run directory's ``checkpoints/``). Uses ModelCheckpoint's private ``_save_last_checkpoint``, which keeps its
-    bookkeeping (``last_model_path``, loggers notified) as the stock triggers do.
+    bookkeeping (``last_model_path``, loggers notified) as the stock triggers do. When a step reaches one of
+    ``marks_kimg``, the state is also kept as ``kimg<kimg:06d>.ckpt`` beside ``last.ckpt``, never overwritten by
+    later saves (e.g. 60160: the released FFHQ-256 model's 940k iterations of 64 images).
 
     Args:
         every_n_kimg: interval in thousands of images.
         dirpath: checkpoint folder; None: ``<run dir>/checkpoints``.
+        marks_kimg: extra points (in kimg) whose checkpoints are kept.
     """
 
-    def __init__(self, every_n_kimg: float = 200.0, dirpath: str | None = None):
-        if every_n_kimg <= 0:
-            raise ValueError(f"every_n_kimg must be > 0, got {every_n_kimg}")
+    def __init__(self, every_n_kimg: float = 200.0, dirpath: str | None = None, marks_kimg: Sequence[float] = ()):
+        if every_n_kimg <= 0 or any(mark <= 0 for mark in marks_kimg):
+            raise ValueError(f"every_n_kimg and marks_kimg must be > 0, got {every_n_kimg} and {list(marks_kimg)}")
         super().__init__(dirpath=dirpath, save_last=True, save_top_k=0, every_n_epochs=0)
         self.every_n_kimg = every_n_kimg
-        self.schedule = KimgSchedule(every_n_kimg)
+        self.schedule = KimgSchedule(every_n_kimg, marks_kimg)
 
     def _act(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._should_skip_saving_checkpoint(trainer):  # fast_dev_run, sanity check, not fitting
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if self._should_skip_saving_checkpoint(trainer):  # fast_dev_run, sanity check, not fitting
+            return
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        if self.schedule.at_mark(pl_module.cur_nimg):  # every rank calls it; the strategy writes once
+            trainer.save_checkpoint(Path(self.dirpath) / f"kimg{pl_module.cur_nimg // 1000:06d}.ckpt")
 
 
 class KimgProgressBar(TQDMProgressBar):

@@ -13,6 +13,13 @@ One training step on a batch of reals ``[B, 3, R, R]`` in [-1, 1] per device (gl
 3. G step with D frozen: ``softplus(-D(G(z)))`` on fresh latents; Adam step.
 4. ``G_ema`` moves towards G with a decay set by the global batch (a half-life in images); buffers copied.
 
+Pixel space (``pixel_space``, see :mod:`stylenat.models.pixels`): with ``imagenet`` (the reference's), reals
+are mapped to ImageNet-normalised pixels before D, G's output is read in that space, and D's loss, bCR (its
+augmentations, fills and pivots) and R1 (the gradient with respect to those pixels) all happen there. ``G_ema``
+always makes [-1, 1] images: it averages G with the exact ToRGB fold applied (the fold is affine, so folding
+the average equals averaging the folded weights), so grids, exports, metrics and ``load_generator`` on a
+training checkpoint need no conversion. With ``minus1_1`` every network sees [-1, 1] pixels.
+
 Progress is counted in images shown to D (``cur_nimg``, logged as kimg), never in optimizer steps; the
 learning rates are recomputed from ``cur_nimg`` before every step (constant, then linear to 0 between
 ``decay_start_kimg`` and ``decay_end_kimg``). Step ``i`` of rank ``r`` draws all its random numbers (latents,
@@ -30,7 +37,7 @@ from __future__ import annotations
 import copy
 import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -44,6 +51,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from stylenat.models.discriminator import create_discriminator
 from stylenat.models.generator import Generator, create_generator
+from stylenat.models.pixels import PIXEL_SPACES, fold_output, imagenet_output_fold, to_pixel_space
 from stylenat.training.augment import bcr_augment
 from stylenat.training.callbacks import GeneratorExport, ImageGrids
 from stylenat.training.losses import consistency_loss, d_logistic_loss, g_nonsaturating_loss, r1_penalty
@@ -67,12 +75,27 @@ def ema_decay(global_batch: int, cur_nimg: int, half_life_kimg: float, rampup: f
 
 
 @torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """``ema_p = decay * ema_p + (1 - decay) * p`` for every parameter; every buffer (``w_avg``) copied."""
-    for ema_p, p in zip(ema.parameters(), model.parameters(), strict=True):
-        ema_p.lerp_(p.detach(), 1.0 - decay)
+def update_ema(ema: nn.Module, model: nn.Module, decay: float,
+               fold: dict[str, tuple[Tensor, Tensor]] | None = None) -> None:
+    """``ema_p = decay * ema_p + (1 - decay) * p`` for every parameter; every buffer (``w_avg``) copied.
+
+    ``fold`` (by parameter name: ``(scale, shift)``, see :func:`stylenat.models.pixels.fold_output`) averages
+    ``p * scale + shift`` instead of ``p`` for the parameters it names.
+    """
+    fold = fold or {}
+    for (name, ema_p), p in zip(ema.named_parameters(), model.parameters(), strict=True):
+        target = p.detach()
+        if name in fold:
+            scale, shift = fold[name]
+            target = target * scale + shift
+        ema_p.lerp_(target, 1.0 - decay)
     for ema_b, b in zip(ema.buffers(), model.buffers(), strict=True):
         ema_b.copy_(b)
+
+
+def in_decay(cur_nimg: int, decay_start_kimg: float | None) -> bool:
+    """Whether ``cur_nimg`` images are past the start of the learning-rate decay."""
+    return decay_start_kimg is not None and cur_nimg > decay_start_kimg * 1000
 
 
 def lr_factor(cur_nimg: int, decay_start_kimg: float | None, decay_end_kimg: float | None) -> float:
@@ -128,10 +151,16 @@ class StyleNATGAN(L.LightningModule):
         ema_half_life_kimg: G_ema half-life in thousands of images.
         ema_rampup: cap the half-life at ``cur_nimg * ema_rampup`` images; None: no ramp-up.
         decay_start_kimg, decay_end_kimg: both learning rates decay linearly to 0 between these; None: constant.
+        decay_lr_ratio: past ``decay_start_kimg``, D's lr is this multiple of G's (the reference sets 4, which
+            drops the lazy-R1 adjustment of D's lr); None: D keeps ``lr_d * r1_ratio * factor`` throughout.
+        pixel_space: ``imagenet`` (the reference's: D's input, R1 and bCR on ImageNet-normalised pixels, G
+            trained to output them) or ``minus1_1``; G_ema and everything downstream make [-1, 1] images.
         style_mixing_prob: probability of style-mixing regularisation in G's training forward passes.
         total_kimg: stop once this many thousand reals were shown to D.
         image_snapshot_kimg: write ``fakes<kimg>.png`` this often; None: no image grids.
         export_snapshot_kimg: export G_ema this often (and always at the end); None: only at the end.
+        export_marks_kimg: also export G_ema when training passes each of these kimg (e.g. a published
+            checkpoint's point).
         rng_seed: seed of the per-step random draws (network init follows ``seed_everything``).
         allow_tf32: on CUDA, let float32 matmuls and convolutions use TF32 tensor cores (the recipe's
             "fp32/TF32" default); False keeps them in strict float32. Set process-wide at fit start.
@@ -147,9 +176,11 @@ class StyleNATGAN(L.LightningModule):
                  r1_gamma: float = 10.0, r1_interval: int = 16, bcr_real: float = 10.0, bcr_fake: float = 10.0,
                  d_grad_clip: float | None = 5.0, ema_half_life_kimg: float = 10.0, ema_rampup: float | None = None,
                  decay_start_kimg: float | None = 49_600.0, decay_end_kimg: float | None = 64_000.0,
+                 decay_lr_ratio: float | None = None, pixel_space: str = "minus1_1",
                  style_mixing_prob: float = 0.0, total_kimg: float = 64_000.0,
                  image_snapshot_kimg: float | None = 200.0, export_snapshot_kimg: float | None = 1000.0,
-                 rng_seed: int = 0, allow_tf32: bool = True, compile: bool | str = False):
+                 export_marks_kimg: Sequence[float] = (), rng_seed: int = 0, allow_tf32: bool = True,
+                 compile: bool | str = False):
         super().__init__()
         generator_kwargs, discriminator_kwargs = dict(generator_kwargs or {}), dict(discriminator_kwargs or {})
         _check_args(locals())
@@ -159,7 +190,11 @@ class StyleNATGAN(L.LightningModule):
         if self.G.size != self.D.size:
             raise ValueError(f"the generator makes {self.G.size}px images but the discriminator takes "
                              f"{self.D.size}px: make model.generator(_kwargs) and model.discriminator(_kwargs) agree")
+        # G's output in its pixel space -> [-1, 1], folded into G_ema's ToRGB parameters (see the module doc)
+        fold = imagenet_output_fold(len(self.G.synthesis.stages)) if pixel_space == "imagenet" else {}
+        self._fold = fold  # moved to the training device on first use
         self.G_ema: Generator = copy.deepcopy(self.G).requires_grad_(False).eval()
+        self.G_ema.load_state_dict(fold_output(self.G_ema.state_dict(), fold))
         # What the training steps call: G and D, or their compiled forms (in a dict, so they are not
         # registered as submodules: the checkpoint keeps the plain G and D keys).
         self.nets = {"G": self.G, "D": self.D}
@@ -185,7 +220,8 @@ class StyleNATGAN(L.LightningModule):
 
     def configure_callbacks(self) -> list[Callback]:
         hp = self.hparams
-        return [ImageGrids(every_kimg=hp.image_snapshot_kimg), GeneratorExport(every_kimg=hp.export_snapshot_kimg)]
+        return [ImageGrids(every_kimg=hp.image_snapshot_kimg),
+                GeneratorExport(every_kimg=hp.export_snapshot_kimg, marks_kimg=hp.export_marks_kimg)]
 
     def setup(self, stage: str) -> None:
         """Reject data whose resolution is not the generator's, naming both flags."""
@@ -234,8 +270,7 @@ class StyleNATGAN(L.LightningModule):
         hp = self.hparams
         opt_g, opt_d = self.optimizers()
         global_batch = batch.shape[0] * self.trainer.world_size
-        factor = lr_factor(self.cur_nimg, hp.decay_start_kimg, hp.decay_end_kimg)
-        lr_g, lr_d = self.lr_g * factor, hp.lr_d * self.r1_ratio * factor
+        lr_g, lr_d = self.learning_rates(self.cur_nimg)
         _set_lr(opt_g, lr_g)
         _set_lr(opt_d, lr_d)
         with self._step_rng():
@@ -248,23 +283,44 @@ class StyleNATGAN(L.LightningModule):
         self.cur_step += 1
         self._log_step(logs, global_batch, lr_g, lr_d)
 
+    def learning_rates(self, cur_nimg: int) -> tuple[float, float]:
+        """``(lr_g, lr_d)`` after ``cur_nimg`` images: the schedule's factor, D's lazy-R1 adjustment, and past the
+        decay start D at ``decay_lr_ratio`` times G when that is set."""
+        hp = self.hparams
+        factor = lr_factor(cur_nimg, hp.decay_start_kimg, hp.decay_end_kimg)
+        lr_g = self.lr_g * factor
+        if hp.decay_lr_ratio is not None and in_decay(cur_nimg, hp.decay_start_kimg):
+            return lr_g, lr_g * hp.decay_lr_ratio
+        return lr_g, hp.lr_d * self.r1_ratio * factor
+
+    def d_input(self, real: Tensor) -> Tensor:
+        """Reals ``[B, 3, R, R]`` in [-1, 1] -> D's pixel space (where G's training output already is)."""
+        return to_pixel_space(real, self.hparams.pixel_space)
+
+    def d_loss_terms(self, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
+        """The D step's terms on reals and fakes already in D's pixel space: ``Loss/D`` (logistic), ``Loss/bcr``
+        (weighted, both sides; bCR's augmentations draw from the global generators) and the mean logits."""
+        hp = self.hparams
+        real_logits, fake_logits = self.nets["D"](real), self.nets["D"](fake)
+        loss = d_logistic_loss(real_logits, fake_logits)
+        loss_bcr = self._bcr(real, real_logits, hp.bcr_real) + self._bcr(fake, fake_logits, hp.bcr_fake)
+        return {"Loss/D": loss, "Loss/bcr": loss_bcr, "Logits/real": real_logits.mean(),
+                "Logits/fake": fake_logits.mean()}
+
     def _d_step(self, real: Tensor, opt_d: LightningOptimizer) -> dict[str, Tensor]:
         hp = self.hparams
         with self.toggled_optimizer(opt_d):
             with torch.no_grad():
                 fake = self.nets["G"](self._latents(real.shape[0]), update_w_avg=True)
                 self._average_w_avg()
-            real_logits, fake_logits = self.nets["D"](real), self.nets["D"](fake)
-            loss = d_logistic_loss(real_logits, fake_logits)
-            loss_bcr = self._bcr(real, real_logits, hp.bcr_real) + self._bcr(fake, fake_logits, hp.bcr_fake)
+            logs = self.d_loss_terms(self.d_input(real), fake)
             opt_d.zero_grad(set_to_none=True)
-            self.manual_backward(loss + loss_bcr)
+            self.manual_backward(logs["Loss/D"] + logs["Loss/bcr"])
             if hp.d_grad_clip is not None:
                 self.clip_gradients(opt_d, gradient_clip_val=hp.d_grad_clip, gradient_clip_algorithm="norm")
             opt_d.step()
-        logs = {"Loss/D": loss, "Logits/real": real_logits.mean(), "Logits/fake": fake_logits.mean()}
-        if hp.bcr_real > 0 or hp.bcr_fake > 0:
-            logs["Loss/bcr"] = loss_bcr
+        if hp.bcr_real <= 0 and hp.bcr_fake <= 0:
+            del logs["Loss/bcr"]
         return logs
 
     def _bcr(self, images: Tensor, logits: Tensor, weight: float) -> Tensor:
@@ -273,10 +329,15 @@ class StyleNATGAN(L.LightningModule):
             return logits.new_zeros(())
         return weight * consistency_loss(self.nets["D"](bcr_augment(images)), logits)
 
+    def r1_term(self, real: Tensor) -> Tensor:
+        """The raw R1 penalty of reals ``[B, 3, R, R]`` in [-1, 1]: the gradient is taken with respect to D's
+        input, in D's pixel space."""
+        return r1_penalty(self.D, self.d_input(real))
+
     def _r1_step(self, real: Tensor, opt_d: LightningOptimizer) -> dict[str, Tensor]:
         hp = self.hparams
         with self.toggled_optimizer(opt_d):
-            penalty = r1_penalty(self.D, real)
+            penalty = self.r1_term(real)
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(penalty * (hp.r1_gamma / 2 * hp.r1_interval))
             opt_d.step()
@@ -293,7 +354,10 @@ class StyleNATGAN(L.LightningModule):
 
     def _update_ema(self, global_batch: int) -> None:
         hp = self.hparams
-        update_ema(self.G_ema, self.G, ema_decay(global_batch, self.cur_nimg, hp.ema_half_life_kimg, hp.ema_rampup))
+        if any(scale.device != self.device for scale, _ in self._fold.values()):
+            self._fold = {name: (s.to(self.device), t.to(self.device)) for name, (s, t) in self._fold.items()}
+        update_ema(self.G_ema, self.G, ema_decay(global_batch, self.cur_nimg, hp.ema_half_life_kimg, hp.ema_rampup),
+                   self._fold)
 
     def _average_w_avg(self) -> None:
         """Average G's ``w_avg`` over the ranks: the same as updating it with the mean w of the global batch."""
@@ -356,6 +420,12 @@ def _check_args(args: dict[str, Any]) -> None:
     if (start is None) != (end is None) or (start is not None and not 0 <= start < end):
         problems.append(f"model.decay_start_kimg and model.decay_end_kimg must both be null or "
                         f"0 <= start < end, got {start} and {end}")
+    if args["decay_lr_ratio"] is not None and args["decay_lr_ratio"] <= 0:
+        problems.append(f"model.decay_lr_ratio must be > 0 or null, got {args['decay_lr_ratio']}")
+    if args["pixel_space"] not in PIXEL_SPACES:
+        problems.append(f"model.pixel_space must be one of {', '.join(PIXEL_SPACES)}, got {args['pixel_space']!r}")
+    if any(m <= 0 for m in args["export_marks_kimg"]):
+        problems.append(f"model.export_marks_kimg must be > 0, got {list(args['export_marks_kimg'])}")
     if not 0 <= args["style_mixing_prob"] <= 1:
         problems.append(f"model.style_mixing_prob must be in [0, 1], got {args['style_mixing_prob']}")
     backends = torch.compiler.list_backends(exclude_tags=())

@@ -17,8 +17,14 @@ value is part of the callback's checkpointed state, so a resumed run keeps compa
 
 Metric words: ``"fid"`` is the Fréchet distance (measured at every evaluation), ``"kid"`` the kernel
 distance, both in the extractor's features. Only clean-fid's Inception gives records called
-``fid10k`` / ``kid10k``; another extractor (for offline CPU runs: ``extractor="package.module:function"``,
-see :func:`stylenat.metrics.build_extractor`) labels them with its own name, e.g. ``fd_nat_digits10k``.
+``fid10k`` / ``kid10k`` (``fid10k_full`` against a full dataset); another extractor (for offline CPU
+runs: ``extractor="package.module:function"``, see :func:`stylenat.metrics.build_extractor`) labels them with its own name, e.g. ``fd_nat_digits10k``.
+
+``protocol="stylenat-paper"`` measures as the paper did (:mod:`stylenat.metrics.protocols`): mode
+``legacy_pytorch``, psi 1, against a seeded random 50k of ``ref_data``. G_ema is sampled with TF32 off
+(restored afterwards), so a number logged here equals ``stylenat fid`` on the same checkpoint. When the
+training data is a ``stylenat prepare`` zip whose resize filter differs from the reference statistics', a
+warning says so once.
 """
 
 from __future__ import annotations
@@ -30,8 +36,9 @@ from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from stylenat.data.prepare import prepared_filter
 from stylenat.metrics import FeatureExtractor, ReferenceStats, evaluate_generator, metric_name
-from stylenat.metrics import build_extractor, build_reference
+from stylenat.metrics import build_extractor, build_reference, resolve_protocol, warn_if_filters_differ
 
 METRIC_KINDS = {"fid": "fd", "kid": "kd"}
 BEST_CHECKPOINT = Path("checkpoints") / "best.ckpt"
@@ -51,11 +58,15 @@ class MetricsCallback(Callback):
         ref: clean-fid's named statistics ``NAME:RESOLUTION:SPLIT`` (Inception only, FID only).
         ref_data: a dataset (folder or zip) whose statistics are computed once and cached; exactly one
             of ``ref`` and ``ref_data``.
-        mode: clean-fid mode of the Inception extractor.
+        protocol: None, or a fixed protocol (``"stylenat-paper"``) that sets ``mode``, ``truncation`` and the
+            reference subset.
+        ref_subset, ref_subset_seed: use a random ``ref_subset`` of the ``ref_data`` images drawn with this seed
+            (default: all images; the protocol's 50k, seed 0).
+        mode: clean-fid mode of the Inception extractor (default ``clean``, or the protocol's).
         extractor: None / ``"inception"``, a factory ``"package.module:function"``, or an extractor object.
         inception_weights: the Inception weights file or its folder (else looked up, then downloaded).
         seed: sample ``i`` uses seed ``seed + i``.
-        truncation: psi applied to the samples (recorded with the metric).
+        truncation: psi applied to the samples (recorded with the metric; default 1).
         batch_size: images per generator / extractor batch.
         monitor_best: save ``<run_dir>/checkpoints/best.ckpt`` when the first metric improves.
         run_dir: folder of the JSONL records and of the best checkpoint (default: the trainer's log_dir).
@@ -63,9 +74,10 @@ class MetricsCallback(Callback):
 
     def __init__(self, metrics: Sequence[str] = ("fid",), every_kimg: float = 500, num_samples_during: int = 10_000,
                  num_samples_final: int = 50_000, ref: str | None = None, ref_data: str | None = None,
-                 mode: str = "clean", extractor: str | FeatureExtractor | None = None,
-                 inception_weights: str | None = None, seed: int = 0, truncation: float = 1.0, batch_size: int = 32,
-                 monitor_best: bool = True, run_dir: str | None = None):
+                 protocol: str | None = None, ref_subset: int | None = None, ref_subset_seed: int | None = None,
+                 mode: str | None = None, extractor: str | FeatureExtractor | None = None,
+                 inception_weights: str | None = None, seed: int = 0, truncation: float | None = None,
+                 batch_size: int = 32, monitor_best: bool = True, run_dir: str | None = None):
         super().__init__()
         metrics = list(metrics)
         if not metrics or any(m not in METRIC_KINDS for m in metrics) or len(set(metrics)) < len(metrics):
@@ -78,11 +90,13 @@ class MetricsCallback(Callback):
         if every_kimg <= 0 or num_samples_during < 2 or num_samples_final < 0 or batch_size < 1:
             raise ValueError(f"need every_kimg > 0, num_samples_during >= 2, num_samples_final >= 0 and batch_size "
                              f">= 1, got {every_kimg}, {num_samples_during}, {num_samples_final}, {batch_size}")
+        self.settings = resolve_protocol(protocol, mode=mode, truncation=truncation, ref=ref, ref_subset=ref_subset,
+                                         ref_subset_seed=ref_subset_seed)
         self.metrics, self.every_kimg = metrics, every_kimg
         self.num_samples_during, self.num_samples_final = num_samples_during, num_samples_final
-        self.ref, self.ref_data, self.mode = ref, ref_data, mode
+        self.ref, self.ref_data, self.mode = ref, ref_data, self.settings.mode
         self.extractor_spec, self.inception_weights = extractor, inception_weights
-        self.seed, self.truncation, self.batch_size = seed, truncation, batch_size
+        self.seed, self.truncation, self.batch_size = seed, self.settings.truncation, batch_size
         self.monitor_best, self.run_dir = monitor_best, None if run_dir is None else Path(run_dir)
         self.best = math.inf
         self._tick = 0  # evaluations happen when cur_nimg // every_nimg passes this
@@ -118,7 +132,8 @@ class MetricsCallback(Callback):
         self._tick = tick
         records = self.evaluate(trainer, pl_module, self.num_samples_during)
         if self.monitor_best:
-            name = metric_name(METRIC_KINDS[self.metrics[0]], records[0]["extractor"], self.num_samples_during)
+            name = metric_name(METRIC_KINDS[self.metrics[0]], records[0]["extractor"], self.num_samples_during,
+                               self._reference.covers_dataset)
             value = next(r["value"] for r in records if r["metric"] == name)
             if value < self.best:
                 self.best = value
@@ -135,7 +150,12 @@ class MetricsCallback(Callback):
             self._extractor = build_extractor(self.extractor_spec, mode=self.mode, weights=self.inception_weights,
                                               device=pl_module.device)
             self._reference = build_reference(self.ref, self.ref_data, extractor=self._extractor,
-                                              resolution=G.size, batch_size=self.batch_size)
+                                              resolution=G.size, batch_size=self.batch_size,
+                                              ref_subset=self.settings.ref_subset,
+                                              ref_subset_seed=self.settings.ref_subset_seed)
+            data_path = getattr(trainer.datamodule, "hparams", {}).get("path")
+            if trainer.is_global_zero and data_path is not None:
+                warn_if_filters_differ(prepared_filter(data_path), self._reference)
         was_training = G.training
         G.eval()  # no w_avg update, no style mixing
         try:
@@ -143,7 +163,8 @@ class MetricsCallback(Callback):
                                          extractor=self._extractor, num_samples=num_samples, seed=self.seed,
                                          z_dim=G.z_dim, batch_size=self.batch_size, device=pl_module.device,
                                          truncation=self.truncation, kid="kid" in self.metrics,
-                                         cur_nimg=pl_module.cur_nimg, run_dir=self.run_dir)
+                                         cur_nimg=pl_module.cur_nimg, run_dir=self.run_dir,
+                                         protocol=self.settings.protocol)
         finally:
             G.train(was_training)
         for logger in trainer.loggers:  # loggers write on rank 0 only

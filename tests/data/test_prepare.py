@@ -9,7 +9,8 @@ import pytest
 import torch
 from data_helpers import noise_image, truncated_png
 
-from stylenat.data import UnreadableImageError, ZipDataset, open_dataset, prepare, prepare_main
+from stylenat.cli import main
+from stylenat.data import UnreadableImageError, ZipDataset, open_dataset, prepare
 
 
 def dataset_json(path) -> dict:
@@ -85,15 +86,14 @@ def test_bad_output_name_and_missing_source(stylegan_zip, tmp_path):
 
 def test_cli_shows_progress_and_a_summary(image_folder, tmp_path, capsys):
     out = tmp_path / "cli.zip"
-    assert prepare_main([str(image_folder), str(out), "--resolution", "16", "--filter", "box"]) == 0
+    assert main(["prepare", str(image_folder), str(out), "--resolution", "16", "--filter", "box"]) == 0
     captured = capsys.readouterr()
     assert "prepare" in captured.err and "6/6" in captured.err  # the tqdm bar
     assert f"wrote 6 images (16x16, centre-cropped, box) to {out}; skipped 0 unreadable" in captured.out
     assert dataset_json(out)["prepare"]["center_crop"] is True
 
-    with pytest.raises(SystemExit) as refused:
-        prepare_main([str(image_folder), str(out), "--resolution", "16"])
-    assert refused.value.code == 2 and "already exists; pass --force" in capsys.readouterr().err
+    assert main(["prepare", str(image_folder), str(out), "--resolution", "16"]) == 2
+    assert "already exists; pass --force" in capsys.readouterr().err
 
 
 def test_cli_force_and_no_center_crop(tmp_path, capsys):
@@ -102,10 +102,9 @@ def test_cli_force_and_no_center_crop(tmp_path, capsys):
         noise_image(i, (16, 16)).save(tmp_path / "src" / f"{i}.png")
     out = tmp_path / "cli.zip"
     out.write_bytes(b"old")
-    assert prepare_main([str(tmp_path / "src"), str(out), "--resolution", "8", "--no-center-crop", "--force"]) == 0
+    assert main(["prepare", str(tmp_path / "src"), str(out), "--resolution", "8", "--no-center-crop", "--force"]) == 0
     assert dataset_json(out)["prepare"]["center_crop"] is False and ZipDataset(out, 8).num_images == 3
     noise_image(9, (20, 16)).save(tmp_path / "src" / "wide.png")
-    with pytest.raises(SystemExit):
-        prepare_main([str(tmp_path / "src"), str(out), "--resolution", "8", "--no-center-crop", "--force"])
+    assert main(["prepare", str(tmp_path / "src"), str(out), "--resolution", "8", "--no-center-crop", "--force"]) == 2
     assert "wide.png: image is 20x16, not square" in capsys.readouterr().err
     assert ZipDataset(out, 8).num_images == 3  # the failed run left the previous zip in place

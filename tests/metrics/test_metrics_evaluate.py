@@ -46,8 +46,9 @@ def test_generator_against_folder_matches_cleanfid(tmp_path):
         lines = (run / f"metric-{record['metric']}.jsonl").read_text().splitlines()
         assert [json.loads(line) for line in lines] == [record]
     assert fd | {"wall_time_s": 0, "timestamp": 0} == {
-        "metric": "fd_tiny48", "value": fd["value"], "extractor": "tiny", "mode": "clean",
+        "metric": "fd_tiny48", "value": fd["value"], "extractor": "tiny", "mode": "clean", "protocol": None,
         "reference": reference.label, "reference_source": str(real), "reference_images": N,
+        "reference_subset": None,
         "num_samples": N, "seed": 3, "truncation": 1.0, "checkpoint": "run/g.pt", "cur_nimg": 12_000,
         "kimg": 12.0, "world_size": 1, "wall_time_s": 0, "timestamp": 0}
     assert kd["kid_subsets"] == 1 and kd["kid_subset_size"] == 1000

@@ -45,11 +45,11 @@ def test_named_stats_bad_mode():
 
 def test_named_stats_offline_error_names_the_file_and_the_folder():
     with pytest.raises(FileNotFoundError) as e:
-        named_reference_stats("lsun_church", 256, "trainfull", mode="legacy_tensorflow")
+        named_reference_stats("ffhq", 1024, "trainval", mode="legacy_tensorflow")
     message = str(e.value)
-    assert "lsun_church_legacy_tensorflow_trainfull_256.npz" in message
+    assert "ffhq_legacy_tensorflow_trainval_1024.npz" in message
     assert str(stats_cache_dir() / "cleanfid") in message
-    assert "https://www.cs.cmu.edu/~clean-fid/stats/lsun_church_legacy_tensorflow_trainfull_256.npz" in message
+    assert "https://www.cs.cmu.edu/~clean-fid/stats/ffhq_legacy_tensorflow_trainval_1024.npz" in message
 
 
 def test_named_stats_from_our_cache_and_download(monkeypatch):

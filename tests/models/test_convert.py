@@ -10,8 +10,6 @@ import pytest
 import torch
 
 from stylenat.models.convert import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     convert_discriminator,
     convert_generator,
     load_official_discriminator,
@@ -20,6 +18,7 @@ from stylenat.models.convert import (
 )
 from stylenat.models.discriminator import create_discriminator
 from stylenat.models.generator import create_generator
+from stylenat.models.pixels import IMAGENET_MEAN, IMAGENET_STD
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"reference data not found at {DATA} "

@@ -93,18 +93,35 @@ def assert_unfused_matches_reference(backend, B, heads, H, W, D, kernel, dilatio
         torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
 
 
-def assert_head_groups_match_reference(backend, device="cpu"):
-    """One na2d_grouped call over two head groups (own kernels, dilations and bias tables) on ``backend``:
-    output and every gradient in float64 vs the reference (1e-10)."""
+def assert_head_groups_match_reference(backend, device="cpu", dtype=torch.float64):
+    """One na2d_grouped call over two head groups (own kernels, dilations and bias tables) on ``backend``,
+    computed in ``dtype``: output and every gradient vs the float64 reference (1e-10 for float64 kernels,
+    ``FLOAT32_ATOL`` for float32)."""
     q, k, v, _ = make_inputs(2, 5, 12, 13, 8, (5, 5), (1, 1), False)
     gen = torch.Generator().manual_seed(4)
     rpbs = [torch.randn(2, 9, 9, generator=gen, dtype=torch.float64),
             torch.randn(3, 5, 9, generator=gen, dtype=torch.float64)]
     results = {}
-    for name, on in (("reference", "cpu"), (backend, device)):
-        leaves = [t.to(on).requires_grad_() for t in (q, k, v, *rpbs)]
+    for name, on, as_dtype in (("reference", "cpu", torch.float64), (backend, device, dtype)):
+        leaves = [t.to(on, as_dtype).requires_grad_() for t in (q, k, v, *rpbs)]
         groups = [HeadGroup(2, 5, 2, leaves[3]), HeadGroup(3, (3, 5), (4, 2), leaves[4])]
         out = natten_ops.na2d_grouped(*leaves[:3], groups, backend=name)
-        results[name] = [t.cpu() for t in (out, *torch.autograd.grad((out * out.detach().sin()).sum(), leaves))]
-    for got, expected in zip(results[backend], results["reference"]):
-        torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+        grads = torch.autograd.grad((out * out.detach().sin()).sum(), leaves)
+        results[name] = [t.cpu().double() for t in (out, *grads)]
+    for key, got, expected in zip(["out", "q", "k", "v", "rpb", "rpb"], results[backend], results["reference"]):
+        atol = 1e-10 if dtype == torch.float64 else FLOAT32_ATOL[key]
+        torch.testing.assert_close(got, expected, rtol=0, atol=atol, msg=key)
+
+
+def assert_dtype_matches_reference(backend, B, heads, H, W, D, kernel, dilation, with_rpb, dtype, device="cpu",
+                                   seed=0):
+    """``backend``'s na2d output and every gradient computed in ``dtype`` vs the float64 reference on the
+    same inputs rounded to ``dtype``: float32 to ``FLOAT32_ATOL``, half types to ``HALF_ATOL`` times the
+    magnitude of the expected values."""
+    inputs = make_inputs(B, heads, H, W, D, kernel, dilation, with_rpb, seed=seed)
+    inputs = [t.to(dtype).double() if t is not None else None for t in inputs]  # the values dtype can hold
+    expected = na2d_with_grads("reference", *inputs[:3], kernel, dilation, inputs[3], torch.float64)
+    got = na2d_with_grads(backend, *inputs[:3], kernel, dilation, inputs[3], dtype, device)
+    for name, value in expected.items():
+        atol = FLOAT32_ATOL[name] if dtype == torch.float32 else HALF_ATOL[dtype] * max(1.0, value.abs().max().item())
+        torch.testing.assert_close(got[name], value, rtol=0, atol=atol, msg=f"{backend} {dtype} {name}")

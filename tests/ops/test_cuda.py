@@ -9,8 +9,9 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from na_testing import (CASES, HALF_ATOL, assert_head_groups_match_reference, assert_matches_reference,
-                        assert_unfused_matches_reference, make_inputs, na2d_with_grads, na_problems)
+from na_testing import (CASES, assert_dtype_matches_reference, assert_head_groups_match_reference,
+                        assert_matches_reference, assert_unfused_matches_reference, make_inputs, na2d_with_grads,
+                        na_problems)
 from torch.autograd import gradcheck
 
 import natten_ops
@@ -32,13 +33,7 @@ def test_fused_sweep(problem, seed):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("B, heads, H, W, D, kernel, dilation, with_rpb", CASES[:3] + CASES[6:7])
 def test_half_precision(dtype, B, heads, H, W, D, kernel, dilation, with_rpb):
-    inputs = make_inputs(B, heads, H, W, D, kernel, dilation, with_rpb)
-    inputs = [t.to(dtype).double() if t is not None else None for t in inputs]  # the values half can hold
-    expected = na2d_with_grads("reference", *inputs[:3], kernel, dilation, inputs[3], torch.float64)
-    got = na2d_with_grads(CUDA, *inputs[:3], kernel, dilation, inputs[3], dtype, CUDA)
-    for name, value in expected.items():
-        torch.testing.assert_close(got[name], value, rtol=0, atol=HALF_ATOL[dtype] * max(1.0, value.abs().max().item()),
-                                   msg=f"{dtype} {name}")
+    assert_dtype_matches_reference(CUDA, B, heads, H, W, D, kernel, dilation, with_rpb, dtype, CUDA)
 
 
 @pytest.mark.parametrize("B, heads, H, W, D, kernel, dilation, with_rpb", CASES[:5])

@@ -45,7 +45,7 @@ def test_bad_input(backend, call, error, message):
 
 def test_unknown_backend():
     with pytest.raises(ValueError, match="backend must be 'auto' or one of"):
-        natten_ops.na2d(*qkv(), 3, backend="triton")
+        natten_ops.na2d(*qkv(), 3, backend="natten")
 
 
 def test_unavailable_backend_says_why():

@@ -87,9 +87,11 @@ def test_best_checkpoint_only_when_the_metric_improves(monkeypatch, tmp_path):
         return [{"metric": f"fd_tiny{num_samples}", "value": next(values), "extractor": "tiny"}]
 
     monkeypatch.setattr(metrics_callback, "evaluate_generator", fake_evaluate)
-    monkeypatch.setattr(metrics_callback, "build_reference", lambda *args, **kwargs: None)
+    monkeypatch.setattr(metrics_callback, "build_reference",
+                        lambda *args, **kwargs: SimpleNamespace(covers_dataset=False))
     saved, logged = [], []
-    trainer = SimpleNamespace(global_step=0, save_checkpoint=lambda path: saved.append((path, callback.best)),
+    trainer = SimpleNamespace(global_step=0, datamodule=None, is_global_zero=True,
+                              save_checkpoint=lambda path: saved.append((path, callback.best)),
                               loggers=[SimpleNamespace(log_metrics=lambda metrics, step: logged.append(metrics))])
     module = SimpleNamespace(G_ema=create_generator("demo"), cur_nimg=0, device=torch.device("cpu"))
 
@@ -124,3 +126,21 @@ def test_best_checkpoint_only_when_the_metric_improves(monkeypatch, tmp_path):
 def test_option_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         MetricsCallback(**kwargs)
+
+
+def test_stylenat_paper_protocol_in_training(tmp_path):
+    real = write_pngs(tmp_path / "real", random_images(16, seed=0, res=32))
+    callback = MetricsCallback(every_kimg=0.016, num_samples_during=8, num_samples_final=0, protocol="stylenat-paper",
+                               ref_data=str(real), ref_subset=8, extractor=f"{__name__}:tiny_factory", batch_size=8,
+                               run_dir=str(tmp_path / "run"), monitor_best=False)
+    assert (callback.mode, callback.truncation) == ("legacy_pytorch", 1.0)
+    trainer = Trainer(max_steps=2, accelerator="cpu", logger=False, callbacks=[callback], enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(DummyGAN(), DataLoader(TensorDataset(torch.zeros(16, 1)), batch_size=8))
+    record, = [json.loads(line) for line in (tmp_path / "run" / "metric-fd_tiny8.jsonl").read_text().splitlines()]
+    assert (record["protocol"], record["mode"], record["truncation"]) == ("stylenat-paper", "legacy_pytorch", 1.0)
+    assert record["reference_images"] == 8 and record["reference_subset"]["seed"] == 0
+    with pytest.raises(ValueError, match=r"give the dataset \(ref_data\) instead of named statistics \(ref\)"):
+        MetricsCallback(protocol="stylenat-paper", ref="ffhq:256:trainval70k")
+    with pytest.raises(ValueError, match="measures in mode legacy_pytorch, not clean: drop mode"):
+        MetricsCallback(protocol="stylenat-paper", ref_data="d", mode="clean")

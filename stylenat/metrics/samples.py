@@ -8,11 +8,14 @@ StyleGAN's conventions, so that evaluation sees exactly the images ``stylenat ge
 - **Pixels.** ``x`` in [-1, 1] becomes ``(x * 127.5 + 128).clamp(0, 255).to(uint8)``: the cast
   truncates, so this rounds ``x * 127.5 + 127.5`` to the nearest integer. PNGs saved from the same
   output hold the same bytes.
+- **Precision.** Metrics never run in TF32 (:func:`strict_float32`): training may allow it, but an
+  in-training FID then equals ``stylenat fid`` on the same checkpoint.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -22,10 +25,24 @@ from tqdm import tqdm
 from stylenat.metrics.distributed import gather_features, own_share, rank_and_world, shard
 from stylenat.metrics.extractors import FeatureExtractor
 
-Generator = Callable[[Tensor], Tensor]
+GeneratorFn = Callable[[Tensor], Tensor]
 """``z`` ``[B, z_dim]`` -> images float ``[B, 3, H, W]`` in [-1, 1] (truncation etc. applied inside)."""
 
 MAX_SEED = 2**32 - 1
+
+
+@contextmanager
+def strict_float32() -> Iterator[None]:
+    """Run the block with TF32 off for float32 matmuls and cuDNN convolutions; the previous settings (the
+    float32 matmul precision and ``cudnn.allow_tf32``) are restored afterwards, even on error."""
+    matmul, cudnn = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(matmul)
+        torch.backends.cudnn.allow_tf32 = cudnn
 
 
 def to_uint8(images: Tensor) -> Tensor:
@@ -46,14 +63,15 @@ def z_from_seeds(seeds: Iterable[int], z_dim: int) -> Tensor:
 
 
 @torch.no_grad()
-def generator_features(generator: Generator, extractor: FeatureExtractor, *, num_samples: int, seed: int = 0,
+def generator_features(generator: GeneratorFn, extractor: FeatureExtractor, *, num_samples: int, seed: int = 0,
                        z_dim: int = 512, batch_size: int = 32, device: str | torch.device = "cpu",
                        resolution: int | None = None, verbose: bool = True) -> np.ndarray:
     """Features ``[num_samples, D]`` of samples ``0 .. num_samples-1`` (seeds ``seed + i``), in order.
 
     Images must be ``resolution`` pixels square when it is given (that of the reference statistics).
-    Under DDP each rank generates a contiguous shard and all ranks gather the result (every rank
-    must call this). A progress bar on rank 0 counts that rank's images.
+    The generator and the extractor run with TF32 off (:func:`strict_float32`). Under DDP each rank
+    generates a contiguous shard and all ranks gather the result (every rank must call this). A progress
+    bar on rank 0 counts that rank's images.
     """
     if num_samples < 1 or batch_size < 1:
         raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}")
@@ -79,4 +97,5 @@ def generator_features(generator: Generator, extractor: FeatureExtractor, *, num
                 bar.update(len(seeds))
         return np.concatenate(feats)
 
-    return gather_features(np.arange(mine.start, mine.stop), own_share(work))
+    with strict_float32():
+        return gather_features(np.arange(mine.start, mine.stop), own_share(work))
