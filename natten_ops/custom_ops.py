@@ -48,9 +48,10 @@ def _table_tensor(groups: list[int]) -> Tensor:
     return torch.tensor(groups, dtype=torch.int64).view(-1, GROUP_FIELDS)
 
 
-def _bias_or_empty(rpb: Optional[Tensor], like: Tensor) -> Tensor:
-    """The ops' bias argument: ``rpb`` as a contiguous tensor of ``like``'s dtype, or an empty tensor."""
-    return rpb.to(like.dtype).contiguous() if rpb is not None else like.new_empty(0)
+def _bias_or_empty(rpb: Optional[Tensor], dtype: torch.dtype, like: Tensor) -> Tensor:
+    """The ops' bias argument: ``rpb`` rounded to ``dtype`` (the input's, as the reference does), then as a
+    contiguous tensor of ``like``'s dtype; an empty tensor for no bias."""
+    return rpb.to(dtype).to(like.dtype).contiguous() if rpb is not None else like.new_empty(0)
 
 
 class KernelOps:
@@ -207,7 +208,7 @@ def kernel_ops(family: str, device_type: str, extension: Callable[[], _build.Ext
 
 class CompiledBackend:
     """A natten_ops backend over one kernel family's custom ops. Half inputs on the CPU are computed in
-    float32; ``max_head_dim`` bounds the fused kernels' head_dim (None: any).
+    float32 (an rpb is rounded to q's dtype first, as the reference does); ``max_head_dim`` bounds the fused kernels' head_dim (None: any).
 
     Args:
         name: the backend's name (``"cpu"``, ``"cuda"``); also the ops' family name (``-`` becomes ``_``).
@@ -247,14 +248,14 @@ class CompiledBackend:
 
     def na2d(self, q: Tensor, k: Tensor, v: Tensor, groups: Sequence[HeadGroup], scale: float) -> Tensor:
         q_, k_, v_ = (x.to(self._compute_dtype(q.dtype)).contiguous() for x in (q, k, v))
-        rpbs = [_bias_or_empty(g.rpb, q_) for g in groups]
+        rpbs = [_bias_or_empty(g.rpb, q.dtype, q_) for g in groups]
         out, _ = self.ops.na2d_forward(q_, k_, v_, flat_group_table(groups), rpbs, scale)
         return out.to(q.dtype)
 
     def na2d_qk(self, q: Tensor, k: Tensor, kernel_size, dilation, rpb: Optional[Tensor]) -> Tensor:
         q_, k_ = (x.to(self._compute_dtype(q.dtype)).contiguous() for x in (q, k))
         groups = flat_group_table([HeadGroup(q.shape[1], kernel_size, dilation)])
-        attn = self.ops.na2d_qk_forward(q_, k_, groups, _bias_or_empty(rpb, q_))
+        attn = self.ops.na2d_qk_forward(q_, k_, groups, _bias_or_empty(rpb, q.dtype, q_))
         return attn.to(q.dtype)
 
     def na2d_av(self, attn: Tensor, v: Tensor, kernel_size, dilation) -> Tensor:
