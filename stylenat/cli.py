@@ -6,6 +6,8 @@
     stylenat fid --ckpt G --ref ffhq:256:trainval70k   FID / KID with a recorded protocol
     stylenat attention-map --ckpt G --resolution 64 --query 10,3   what each head group attends
     stylenat throughput --preset ffhq256 --batch 1     generator img/s per natten_ops backend
+    stylenat convert SRC OUT.safetensors               published or trained weights -> our export
+    stylenat evaluate-classifier --ckpt C --data DIR   top-1/top-5 and throughput of a NAT/DiNAT
     stylenat info                                      versions and natten_ops backends
 
 Each subcommand is a module of :mod:`stylenat.commands` (``stylenat <command> --help`` for its flags).

@@ -29,6 +29,8 @@ COMMAND_MODULES: dict[str, str] = {
     "fid": "fid",
     "attention-map": "attention_map",
     "throughput": "throughput",
+    "convert": "convert",
+    "evaluate-classifier": "evaluate_classifier",
     "info": "info",
 }
 """Subcommand name -> module of :mod:`stylenat.commands` holding its ``COMMAND`` (``module:NAME`` when the

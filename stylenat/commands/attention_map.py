@@ -9,13 +9,13 @@ import argparse
 from pathlib import Path
 
 from stylenat.commands import Command, with_clean_errors
-from stylenat.commands.options import add_device, resolve_device
+from stylenat.commands.options import GENERATOR_CKPT_HELP, add_device, load_generator, resolve_device
 
 MIN_DISPLAY_SIZE = 256  # attention maps of smaller samples are enlarged (nearest) to at least this
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, help="generator export (.safetensors) or training checkpoint (.ckpt)")
+    parser.add_argument("--ckpt", required=True, help=GENERATOR_CKPT_HELP)
     parser.add_argument("--seed", type=int, default=0, help="seed of the sample (default 0)")
     parser.add_argument("--trunc", type=float, default=1.0, help="truncation psi (default 1: none)")
     parser.add_argument("--resolution", type=int, required=True,
@@ -40,7 +40,6 @@ def attention_map(args: argparse.Namespace) -> int:
     import torch
 
     from stylenat.metrics import to_uint8, z_from_seeds
-    from stylenat.models.checkpoint import load_generator
     from stylenat.attention_maps import (attention_probabilities, capture_output, hydra_attention,
                                          overlay_attention, window_masks)
     from stylenat.generation import save_png

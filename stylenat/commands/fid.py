@@ -13,12 +13,13 @@ import argparse
 from pathlib import Path
 
 from stylenat.commands import Command, with_clean_errors
-from stylenat.commands.options import add_device, check_at_least, resolve_device
+from stylenat.commands.options import (GENERATOR_CKPT_HELP, add_device, check_at_least, load_generator,
+                                       resolve_device)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--ckpt", help="generator export (.safetensors) or training checkpoint (.ckpt) to sample")
+    source.add_argument("--ckpt", help=GENERATOR_CKPT_HELP)
     source.add_argument("--images", help="folder (or zip) of images to measure instead of a generator")
     reference = parser.add_mutually_exclusive_group(required=True)
     reference.add_argument("--ref", help="clean-fid's named statistics NAME:RESOLUTION:SPLIT, e.g. ffhq:256:trainval70k")
@@ -47,7 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def fid(args: argparse.Namespace) -> int:
     from stylenat.metrics import ImageFiles, dataset_features, evaluate_features, evaluate_generator
-    from stylenat.models.checkpoint import load_generator
     from stylenat.metrics import (build_extractor, build_reference, parse_reference_name, resolve_protocol,
                                   warn_if_filters_differ)
 

@@ -13,7 +13,8 @@ import argparse
 from pathlib import Path
 
 from stylenat.commands import Command, with_clean_errors
-from stylenat.commands.options import add_device, check_at_least, resolve_device
+from stylenat.commands.options import (GENERATOR_CKPT_HELP, add_device, check_at_least, load_generator,
+                                       resolve_device)
 
 GRID_NAME = "grid.png"
 LATENTS_NAME = "latents.npz"
@@ -21,7 +22,7 @@ INTERPOLATION_NAME = "interpolation"  # folder of frameNNNN.png, and the video's
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, help="generator export (.safetensors) or training checkpoint (.ckpt)")
+    parser.add_argument("--ckpt", required=True, help=GENERATOR_CKPT_HELP)
     parser.add_argument("--seeds", help="seeds and ranges, e.g. 0-15,42,100-103 (one seedNNNN.png each)")
     parser.add_argument("--trunc", type=float, default=1.0, help="truncation psi (default 1: none)")
     parser.add_argument("--cutoff", type=int, help="truncate only the first N style inputs (default: all)")
@@ -43,7 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def generate(args: argparse.Namespace) -> int:
-    from stylenat.models.checkpoint import load_generator
     from stylenat.generation import compile_generator, parse_seeds
 
     seeds = parse_seeds(args.seeds) if args.seeds is not None else []

@@ -23,8 +23,14 @@ def lightning(args: argparse.Namespace) -> int:
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
 
-    LightningCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                 save_config_kwargs={"overwrite": True}, args=[args.command, *args.argv])
+    from stylenat.training.callbacks import use_safe_checkpoint_io
+
+    class CLI(LightningCLI):
+        def instantiate_trainer(self, **kwargs):  # --ckpt_path is read as data, never run (AtomicCheckpointIO)
+            return use_safe_checkpoint_io(super().instantiate_trainer(**kwargs))
+
+    CLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True}, args=[args.command, *args.argv])
     return 0
 
 

@@ -1,8 +1,22 @@
-"""Arguments shared by several commands: ``--device`` and range checks of integer flags."""
+"""Arguments shared by several commands: ``--device``, range checks of integer flags, the generator ``--ckpt``."""
 
 from __future__ import annotations
 
 import argparse
+
+
+GENERATOR_CKPT_HELP = "generator export (.safetensors), training checkpoint (.ckpt) or reference StyleNAT checkpoint"
+
+
+def load_generator(path: str, device):
+    """:func:`stylenat.models.checkpoint.load_generator`, printing its note when it converted a reference
+    StyleNAT checkpoint in memory."""
+    from stylenat.models.checkpoint import load_generator as load
+
+    generator, info = load(path, device)
+    if "note" in info:
+        print(info["note"])
+    return generator, info
 
 
 def add_device(parser: argparse.ArgumentParser) -> None:

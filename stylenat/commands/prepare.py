@@ -41,7 +41,7 @@ def prepare(args: argparse.Namespace) -> int:
         raise UsageError(str(err)) from err
     crop = "centre-cropped, " if args.center_crop else ""
     print(f"wrote {result.num_images} images ({args.resolution}x{args.resolution}, {crop}{args.filter}) "
-          f"to {result.path}; skipped {len(result.skipped)} unreadable")
+          f"to {result.path}; skipped {len(result.skipped)} unreadable" + (f"; {result.scan}" if result.scan else ""))
     return 0
 
 

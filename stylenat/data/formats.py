@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import warnings
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +35,66 @@ def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+@dataclass
+class FolderScan:
+    """What :func:`scan_image_folder` found: image files (relative paths, sorted), entries named like images
+    that are not regular files (FIFOs, sockets, devices, broken links), and folders reached again through a
+    symbolic link (each real folder is read once)."""
+
+    files: list[Path] = field(default_factory=list)
+    not_regular: list[str] = field(default_factory=list)
+    revisited: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line on what the scan left out ("" when nothing), e.g. for ``stylenat prepare``'s report."""
+        parts = []
+        if self.not_regular:
+            parts.append(f"skipped {len(self.not_regular)} entries named like images that are not regular files "
+                         f"(e.g. {self.not_regular[0]})")
+        if self.revisited:
+            parts.append(f"followed symbolic links but did not re-enter {len(self.revisited)} folders already read "
+                         f"(e.g. {self.revisited[0]}: a link loop or a second link to the same folder)")
+        return "; ".join(parts)
+
+
+def _file_kind(mode: int) -> str:
+    return next((name for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "device"),
+                                         (stat.S_ISBLK, "device"), (stat.S_ISDIR, "folder")) if test(mode)), "special file")
+
+
+def scan_image_folder(root: Path) -> FolderScan:
+    """Image files under ``root``, following symbolic links to folders without ever entering the same real
+    folder twice (tracked by ``(st_dev, st_ino)``), so link loops neither duplicate images nor blow up the
+    walk; only regular files are listed, so a FIFO named ``x.png`` is reported, never opened (it would block)."""
+    scan, seen = FolderScan(), set()
+    for dirpath, dirnames, names in os.walk(root, followlinks=True):
+        info = os.stat(dirpath)
+        if (info.st_dev, info.st_ino) in seen:
+            dirnames[:] = []  # do not descend: this folder's content is listed already
+            scan.revisited.append(dirpath)
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        for name in names:
+            if not is_image_name(name):
+                continue
+            path = Path(dirpath, name)
+            try:
+                mode = path.stat().st_mode  # follows a link to its target
+            except OSError:
+                scan.not_regular.append(f"{path} (broken link)")
+                continue
+            if stat.S_ISREG(mode):
+                scan.files.append(path.relative_to(root))
+            else:
+                scan.not_regular.append(f"{path} ({_file_kind(mode)})")
+    scan.files.sort()
+    return scan
+
+
 class ImageFolderDataset(ImageDataset):
-    """Every png/jpg/jpeg/webp/bmp file under ``path``, recursively, in sorted order.
+    """Every png/jpg/jpeg/webp/bmp regular file under ``path``, recursively, in sorted order
+    (:func:`scan_image_folder`: symbolic links followed, each real folder read once, non-regular files
+    skipped; ``self.scan`` says what was left out, and a ``UserWarning`` too).
 
     With ``class_folders=True`` the first-level sub-folders are the classes (sorted names -> labels
     ``0..K-1``, like torchvision's ``ImageFolder``) and images directly under ``path`` are an error.
@@ -45,12 +106,10 @@ class ImageFolderDataset(ImageDataset):
         root = require_path(path, "image folder")
         if not root.is_dir():
             raise NotADirectoryError(f"image folder {str(root)!r} is not a directory")
-        files = sorted(
-            Path(dirpath, name).relative_to(root)
-            for dirpath, _, names in os.walk(root, followlinks=True)
-            for name in names
-            if is_image_name(name)
-        )
+        self.scan = scan_image_folder(root)
+        files = self.scan.files
+        if self.scan.summary():
+            warnings.warn(f"image folder {str(root)!r}: {self.scan.summary()}", stacklevel=2)
         if not files:
             raise ValueError(f"image folder {str(root)!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         self.root = root
@@ -159,15 +218,17 @@ class LSUNDataset(ImageDataset):
     def __init__(self, path: str | os.PathLike, resolution: int, **options: Any):
         super().__init__(str(path), resolution, **options)
         path = require_path(path, "LMDB dataset")
+        if path.is_file() and path.name != "data.mdb":
+            raise ValueError(f"{str(path)!r} is not an LMDB's data.mdb: give the LMDB folder or its data.mdb")
         self.path = path.parent if path.is_file() else path
         if not (self.path / "data.mdb").is_file():
-            raise ValueError(f"{str(self.path)!r} is not an LMDB folder (no data.mdb)")
+            raise ValueError(f"LMDB dataset {str(path)!r} is a folder without data.mdb")
         try:
             with open_lmdb(self.path).begin() as txn:
                 keys = list(txn.cursor().iternext(keys=True, values=False))
                 first = txn.get(keys[0]) if keys else None
         except lmdb.Error as error:
-            raise ValueError(f"{str(self.path)!r} cannot be read as an LMDB: {error}") from error
+            raise ValueError(f"LMDB dataset {str(path)!r} cannot be read as an LMDB: {error}") from error
         if not keys:
             raise ValueError(f"LMDB dataset {str(self.path)!r} is empty")
         try:

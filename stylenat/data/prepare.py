@@ -30,11 +30,13 @@ IMAGES_PER_FOLDER = 1000
 
 @dataclass
 class PrepareResult:
-    """What ``prepare`` wrote: the zip, how many images, and the sources it skipped as unreadable."""
+    """What ``prepare`` wrote: the zip, how many images, the sources it skipped as unreadable, and for a
+    folder what its scan left out (:meth:`stylenat.data.formats.FolderScan.summary`)."""
 
     path: Path
     num_images: int
     skipped: list[str] = field(default_factory=list)
+    scan: str = ""  # a folder source: what its scan left out (non-regular files, folders reached again)
 
 
 def archive_name(index: int) -> str:
@@ -69,6 +71,7 @@ def prepare(src: str | os.PathLike, out_zip: str | os.PathLike, resolution: int,
     temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     labels: list[list[str | int]] = []
     skipped: list[str] = []
+    scan = dataset.scan.summary() if hasattr(dataset, "scan") else ""
     try:
         with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED) as archive, \
                 tqdm(range(dataset.num_images), desc=f"prepare {src}", unit="img", disable=not progress) as bar:
@@ -93,13 +96,13 @@ def prepare(src: str | os.PathLike, out_zip: str | os.PathLike, resolution: int,
             meta = {
                 "labels": labels if dataset.labels is not None else None,
                 "prepare": {"source": str(src), "resolution": resolution, "filter": filter,
-                            "center_crop": center_crop, "skipped": skipped},
+                            "center_crop": center_crop, "skipped": skipped, **({"scan": scan} if scan else {})},
             }
             archive.writestr("dataset.json", json.dumps(meta))
         os.replace(temporary, out)
     finally:
         temporary.unlink(missing_ok=True)
-    return PrepareResult(out, written, skipped)
+    return PrepareResult(out, written, skipped, scan)
 
 
 def prepared_filter(path: str | os.PathLike) -> str | None:

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import cleanfid
 import numpy as np
-import torch
 from torch.utils.data import Subset
 
 from stylenat.metrics import weights
@@ -120,8 +119,7 @@ def named_reference_stats(name: str, resolution: int, split: str, *, mode: str =
                 f"reference statistics {filename!r} not found and cannot be downloaded "
                 f"({'downloads are disabled' if not allow_download else 'no network'}). Get the file from "
                 f"{url} and copy it to {ours} (or to clean-fid's folder {theirs.parent}).")
-        ours.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(url, str(ours))  # writes a temp file, then renames
+        weights.download(url, ours)  # bounded in time, published by an atomic rename
         path = ours
     with np.load(path) as f:
         mu, sigma = f["mu"].astype(np.float64), f["sigma"].astype(np.float64)

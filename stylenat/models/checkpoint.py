@@ -1,5 +1,5 @@
 """Generator files: the small G_ema export that sampling and evaluation load, and reading a generator
-back from either that export or a full training checkpoint.
+back from that export, a full training checkpoint or a reference StyleNAT checkpoint (converted in memory).
 
 The export is one safetensors file: the generator's state dict (``w_avg`` included) plus metadata
 ``kind = "stylenat-generator"``, ``preset`` (a ``create_generator`` name), ``overrides`` (JSON of its
@@ -7,8 +7,10 @@ keyword overrides) and free-form ``info`` (JSON: cur_nimg, source checkpoint, ..
 
 A training checkpoint (Lightning ``.ckpt``) is recognised by ``hyper_parameters["generator"]`` (the
 preset name), ``hyper_parameters["generator_kwargs"]`` (overrides) and ``state_dict`` keys under
-``G_ema.``, which is what :class:`stylenat.training.gan.StyleNATGAN` saves. Loading a ``.ckpt`` unpickles
-it (``torch.load(weights_only=False)``): only load checkpoints you trust.
+``G_ema.``, which is what :class:`stylenat.training.gan.StyleNATGAN` saves.
+
+The classifier export lives in :mod:`stylenat.models.pretrained`. Files are data, never code: ``.ckpt`` /
+``.pt`` files are read with :func:`stylenat.models.safe_load.load_torch_file`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
+from stylenat.models.convert import is_official_checkpoint, official_generator
 from stylenat.models.generator import Generator, create_generator
+from stylenat.models.safe_load import load_torch_file
 
 GENERATOR_KIND = "stylenat-generator"
 EMA_PREFIX = "G_ema."
@@ -71,10 +75,11 @@ def _read_export(path: Path) -> tuple[str, dict, dict, dict]:
     return metadata["preset"], json.loads(metadata["overrides"]), json.loads(metadata.get("info", "{}")), state
 
 
-def _read_training_checkpoint(path: Path) -> tuple[str, dict, dict, dict]:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+def generator_from_training_checkpoint(checkpoint: Any, path: str | os.PathLike) -> tuple[str, dict, dict, dict]:
+    """``(preset, overrides, info, G_ema state dict)`` of a loaded StyleNATGAN Lightning checkpoint."""
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict') nor a generator export")
+        raise ValueError(f"{path} is not a Lightning checkpoint (no 'state_dict'), a reference StyleNAT "
+                         "checkpoint nor a generator export")
     hparams = checkpoint.get("hyper_parameters", {})
     state = {k[len(EMA_PREFIX):]: v for k, v in checkpoint["state_dict"].items() if k.startswith(EMA_PREFIX)}
     if "generator" not in hparams or not state:
@@ -86,17 +91,28 @@ def _read_training_checkpoint(path: Path) -> tuple[str, dict, dict, dict]:
 
 
 def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[Generator, dict[str, Any]]:
-    """Rebuild the generator stored in ``path`` (an export or a training checkpoint), in eval mode.
+    """Rebuild the generator stored in ``path``, in eval mode: our export (``.safetensors``), one of our
+    training checkpoints, or a reference StyleNAT checkpoint (converted in memory; ``info["note"]`` says so).
 
     Returns ``(generator, info)``; ``info`` holds ``preset``, ``overrides`` and what the file recorded
-    (``cur_nimg``, ...). Errors are one line naming the file and the problem.
+    (``cur_nimg``, ...). Errors are one line naming the file and the problem (a converter's error lists
+    every misfit tensor).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        reader = _read_export if path.suffix == ".safetensors" else _read_training_checkpoint
-        preset, overrides, info, state = reader(path)
+        if path.suffix == ".safetensors":
+            preset, overrides, info, state = _read_export(path)
+        else:
+            checkpoint = load_torch_file(path)
+            if is_official_checkpoint(checkpoint):
+                generator, preset = official_generator(checkpoint)
+                note = (f"note: {path} is a reference StyleNAT checkpoint, converted in memory (preset {preset}); "
+                        f"`stylenat convert {path} G.safetensors` converts it once")
+                return (generator.to(device).eval().requires_grad_(False),
+                        {"preset": preset, "overrides": {}, "source": str(path), "note": note})
+            preset, overrides, info, state = generator_from_training_checkpoint(checkpoint, path)
     except ValueError:
         raise
     except Exception as err:  # truncated or corrupt file: whatever the reader raised

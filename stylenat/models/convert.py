@@ -19,8 +19,8 @@ feed it ``(x + 1) / 2`` normalised with the ImageNet mean/std to reproduce the r
 
 from __future__ import annotations
 
-import argparse
 import re
+import warnings
 from os import PathLike
 from typing import Any, Mapping, Union
 
@@ -29,9 +29,12 @@ from torch import Tensor
 
 from stylenat.models.attention import HydraNeighborhoodAttention
 from stylenat.models.discriminator import Discriminator
-from stylenat.models.generator import Generator
+from stylenat.models.generator import Generator, create_generator
 from stylenat.models.pixels import fold_output, imagenet_output_fold
+from stylenat.models.safe_load import load_torch_file
 
+# The presets of the released models (FFHQ-256, FFHQ-1024, LSUN Church 256), in the order they are tried.
+REFERENCE_PRESETS = ("ffhq256", "church256", "ffhq1024")
 
 Checkpoint = Union[str, PathLike, Mapping[str, Any]]
 
@@ -79,8 +82,7 @@ def official_state_dict(checkpoint: Checkpoint, which: str = "g_ema") -> dict[st
     or already a bare state dict.
     """
     if isinstance(checkpoint, (str, PathLike)):
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        checkpoint = load_torch_file(checkpoint)
     if all(isinstance(v, Tensor) for v in checkpoint.values()):
         return dict(checkpoint)
     for container in (checkpoint.get("state_dicts", {}), checkpoint):
@@ -128,14 +130,10 @@ def _regroup_rpb(tables: list[Tensor], attn: HydraNeighborhoodAttention, name: s
     return out
 
 
-def convert_generator(state_dict: Mapping[str, Tensor], generator: Generator, w_avg_samples: int = 10_000,
-                      seed: int = 0) -> dict[str, Tensor]:
-    """A reference generator state dict -> a state dict for ``generator`` (built with the matching config).
-
-    Folds the reference's ImageNet pixel normalisation into the ToRGB layers (module docstring), and
-    sets ``mapping.w_avg``, which the reference does not track, to the mean w of ``w_avg_samples``
-    latents drawn with ``seed``.
-    """
+def map_generator_tensors(state_dict: Mapping[str, Tensor], generator: Generator) -> dict[str, Tensor]:
+    """A reference generator state dict renamed and reshaped into ``generator``'s names (values unscaled,
+    possibly sharing memory with ``state_dict``); raises one ``ValueError`` listing every name or shape that
+    does not fit. ``generator`` may live on the meta device: only its names and shapes are read."""
     hydra = {name: m for name, m in generator.named_modules() if isinstance(m, HydraNeighborhoodAttention)}
     converted, unmapped, rpb_tables = {}, [], {}
     for source, tensor in state_dict.items():
@@ -146,7 +144,7 @@ def convert_generator(state_dict: Mapping[str, Tensor], generator: Generator, w_
         if rpb and rpb[1] in hydra:
             rpb_tables.setdefault(rpb[1], []).append((int(rpb[2].lstrip(".")), tensor))
         elif name.startswith(("mapping.", "synthesis.")):
-            tensor = tensor.detach().float().clone()
+            tensor = tensor.detach()
             for pattern, reshape in _GENERATOR_RESHAPES:
                 if re.fullmatch(pattern, name):
                     tensor = reshape(tensor)
@@ -156,7 +154,18 @@ def convert_generator(state_dict: Mapping[str, Tensor], generator: Generator, w_
     for name, tables in rpb_tables.items():
         converted.update(_regroup_rpb([t for _, t in sorted(tables, key=lambda x: x[0])], hydra[name], name))
     _check_complete(converted, unmapped, generator, skip=("mapping.w_avg",))
+    return converted
 
+
+def convert_generator(state_dict: Mapping[str, Tensor], generator: Generator, w_avg_samples: int = 10_000,
+                      seed: int = 0) -> dict[str, Tensor]:
+    """A reference generator state dict -> a state dict for ``generator`` (built with the matching config).
+
+    Folds the reference's ImageNet pixel normalisation into the ToRGB layers (module docstring), and
+    sets ``mapping.w_avg``, which the reference does not track, to the mean w of ``w_avg_samples``
+    latents drawn with ``seed``.
+    """
+    converted = {name: t.float().clone() for name, t in map_generator_tensors(state_dict, generator).items()}
     converted = fold_output(converted, imagenet_output_fold(len(generator.synthesis.stages)))
 
     mapping = {k[len("mapping."):]: v for k, v in converted.items() if k.startswith("mapping.")}
@@ -165,6 +174,48 @@ def convert_generator(state_dict: Mapping[str, Tensor], generator: Generator, w_
         ws = torch.func.functional_call(generator.mapping, mapping, (z,), {"update_w_avg": False})
     converted["mapping.w_avg"] = ws[:, 0].mean(dim=0)
     return converted
+
+
+def is_official_checkpoint(checkpoint: Any) -> bool:
+    """Whether a loaded object is a reference StyleNAT checkpoint: ``g`` / ``g_ema`` at the top level or
+    under ``state_dicts``, or a bare reference generator state dict (``style.1.weight``, ``to_rgbs.*``)."""
+    if not isinstance(checkpoint, Mapping):
+        return False
+    containers = [checkpoint, checkpoint.get("state_dicts")]
+    if any(isinstance(c, Mapping) and isinstance(c.get(k), Mapping) for c in containers for k in ("g_ema", "g")):
+        return True
+    return "style.1.weight" in checkpoint and any(str(k).startswith("to_rgbs.") for k in checkpoint)
+
+
+def infer_generator_preset(state_dict: Mapping[str, Tensor]) -> str:
+    """The one preset of :data:`REFERENCE_PRESETS` whose generator every tensor of a reference generator
+    state dict fits (names and shapes, RPB tables included); a ``ValueError`` says why when none or
+    several do. Each candidate is built on the meta device: no memory, no initialisation."""
+    fits, misfits = [], []
+    for preset in REFERENCE_PRESETS:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # church256's uneven head split is announced at construction
+            generator = create_generator(preset)
+        try:
+            map_generator_tensors(state_dict, generator)
+            fits.append(preset)
+        except ValueError as err:
+            misfits.append(f"{preset}: {str(err).splitlines()[-1].strip()}")
+    if len(fits) == 1:
+        return fits[0]
+    if fits:
+        raise ValueError(f"the reference generator fits several presets ({', '.join(fits)}); name one")
+    raise ValueError("the reference generator fits none of the presets " + ", ".join(REFERENCE_PRESETS)
+                     + " (first problem for each: " + "; ".join(misfits) + ")")
+
+
+def official_generator(checkpoint: Checkpoint, preset: str | None = None, which: str = "g_ema") -> tuple[Generator, str]:
+    """The ``which`` generator of a reference checkpoint, converted: ``(generator, preset)``; the preset
+    is inferred from the tensor shapes unless given."""
+    state_dict = official_state_dict(checkpoint, which)
+    preset = preset or infer_generator_preset(state_dict)
+    generator = create_generator(preset)
+    return load_official_generator(state_dict, generator), preset
 
 
 def convert_discriminator(state_dict: Mapping[str, Tensor], discriminator: Discriminator) -> dict[str, Tensor]:

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from stylenat.models.attention import NeighborhoodAttention2D
 from stylenat.models.layers import Mlp
+from stylenat.models.safe_load import load_torch_file
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
@@ -481,12 +482,12 @@ def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: NAT) -> dict[str,
 
 def load_checkpoint(model: NAT, path: str | Path) -> NAT:
     """Load a reference-format or transformers-format checkpoint file (``.safetensors``, or a ``torch.save``
-    file holding the state dict itself or under ``"model"``/``"state_dict"``) into ``model``."""
+    file, read as data, holding the state dict itself or under ``"model"``/``"state_dict"``) into ``model``."""
     path = Path(path)
     if path.suffix == ".safetensors":
         state_dict = load_file(path)
     else:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        state_dict = load_torch_file(path)
         for key in ("model", "state_dict"):
             if isinstance(state_dict.get(key), dict):
                 state_dict = state_dict[key]

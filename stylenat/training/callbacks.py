@@ -11,7 +11,8 @@
                         kept kimg<kimg:06d>.ckpt at extra kimg marks
     KimgProgressBar     the training bar in kimg, with rate and ETA
     CPUThreads          torch's intra-op thread count for the run (CPU demos on shared machines)
-    AtomicCheckpointIO  checkpoints go to a temporary file beside the target, are fsynced, then renamed over it
+    AtomicCheckpointIO  checkpoints go to a temporary file beside the target, are fsynced, then renamed over it;
+                        they are read back as data (no pickle code runs)
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from torch import Tensor
 
 from stylenat.data.prepare import prepared_filter
 from stylenat.models.checkpoint import save_generator
+from stylenat.models.safe_load import load_torch_file
 
 
 def crossed(nimg_before: int, nimg_after: int, every_kimg: float | None) -> bool:
@@ -320,8 +322,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     is a copy, not a rename, when that folder is on another file system; and it never fsyncs.) Remote URLs
     fall back to Lightning's writer.
 
-    Use it with ``trainer.plugins: [stylenat.training.callbacks.AtomicCheckpointIO]``.
+    Loading reads the file as data (:func:`~stylenat.models.safe_load.load_torch_file`: weights only, our
+    allow-list, whatever ``weights_only`` Lightning or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` ask for), so
+    ``--ckpt_path`` never runs code from the file. ``stylenat fit/validate/test`` install it in place of
+    Lightning's default (:func:`use_safe_checkpoint_io`); in a Python script, pass it in ``plugins``.
     """
+
+    def load_checkpoint(self, path: str | os.PathLike, map_location: Any = None,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        if "://" in str(path):
+            raise ValueError(f"checkpoint {path}: only local files can be resumed from (copy it here first)")
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"checkpoint file not found: {path}")
+        return load_torch_file(path, map_location=map_location)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
                         storage_options: Any | None = None) -> None:
@@ -346,3 +359,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.fsync(folder)
         finally:
             os.close(folder)
+
+
+def use_safe_checkpoint_io(trainer: L.Trainer) -> L.Trainer:
+    """Give ``trainer`` an :class:`AtomicCheckpointIO` (safe loading, atomic saving) unless it already has one
+    or a custom checkpoint plugin the user chose; returns ``trainer``."""
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default: loads per torch's setting
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    return trainer

@@ -1,5 +1,6 @@
 """Extractors: clean-fid's preprocessing reproduced exactly, honest names, the Inception wiring offline."""
 
+import dataclasses
 import warnings
 from unittest import mock
 
@@ -11,7 +12,7 @@ from cleanfid.fid import get_folder_features
 from metrics_helpers import TinyNet, random_images, tiny_extractor, write_pngs
 from torch import nn
 
-from stylenat.metrics import INCEPTION, CleanFIDExtractor, FeatureExtractor, inception_extractor, metric_name
+from stylenat.metrics import INCEPTION, CleanFIDExtractor, FeatureExtractor, inception_extractor, metric_name, weights
 
 
 @pytest.mark.parametrize("mode", ["clean", "legacy_tensorflow", "legacy_pytorch"])
@@ -58,17 +59,24 @@ class FakeInception(nn.Module):
         return self.layers((x - 128) / 128)
 
 
+def publish(monkeypatch, path, mode):
+    """Make ``path`` the published file of ``mode`` (its digest is checked before loading)."""
+    file = dataclasses.replace(weights.WEIGHTS_FOR_MODE[mode], sha256=weights.sha256_of(path))
+    monkeypatch.setitem(weights.WEIGHTS_FOR_MODE, mode, file)
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 @pytest.mark.parametrize("mode", ["clean", "legacy_tensorflow"])
-def test_inception_extractor_loads_torchscript_weights_from_a_path(tmp_path, mode):
+def test_inception_extractor_loads_torchscript_weights_from_a_path(tmp_path, mode, monkeypatch):
     torch.jit.script(FakeInception()).save(str(tmp_path / "inception-2015-12-05.pt"))
+    publish(monkeypatch, tmp_path / "inception-2015-12-05.pt", mode)
     ext = inception_extractor(mode, weights=tmp_path)
     assert (ext.name, ext.mode, ext.feature_dim) == (INCEPTION, mode, 2048)
     feats = ext(torch.from_numpy(random_images(3, seed=1)).permute(0, 3, 1, 2))
     assert feats.shape == (3, 2048) and feats.dtype == torch.float32
 
 
-def test_inception_extractor_loads_pytorch_fid_weights_from_a_path(tmp_path):
+def test_inception_extractor_loads_pytorch_fid_weights_from_a_path(tmp_path, monkeypatch):
     captured = {}
 
     def capture(module, state_dict, *args, **kwargs):  # keep the architecture's own (random) weights
@@ -79,6 +87,7 @@ def test_inception_extractor_loads_pytorch_fid_weights_from_a_path(tmp_path):
         warnings.simplefilter("ignore")
         inception_pytorch.fid_inception_v3()
     torch.save(captured, tmp_path / "pt_inception-2015-12-05-6726825d.pth")
+    publish(monkeypatch, tmp_path / "pt_inception-2015-12-05-6726825d.pth", "legacy_pytorch")
     ext = inception_extractor("legacy_pytorch", weights=tmp_path / "pt_inception-2015-12-05-6726825d.pth")
     feats = ext(torch.from_numpy(random_images(2, seed=2)).permute(0, 3, 1, 2))
     assert feats.shape == (2, 2048) and torch.isfinite(feats).all()
