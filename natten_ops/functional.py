@@ -136,7 +136,8 @@ AUTO_NOTES = {"cuda": "the cuda and triton kernels join this list once they pass
 
 def unavailable_reason(backend: str, op: str, device, dtype: torch.dtype = torch.float32,
                        needs_grad: bool = False, head_dim: Optional[int] = None) -> Optional[str]:
-    """Why ``backend`` cannot run ``op`` for such inputs (``head_dim`` of q, when known), or ``None``."""
+    """Why ``backend`` cannot run ``op`` for such inputs (``head_dim`` of q, when known), or ``None``.
+    Never compiles: kernels that are not built yet but can be count as able to run."""
     if backend not in _REGISTRY:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return _REGISTRY[backend].unavailable_reason(op, torch.device(device), dtype, needs_grad, head_dim)
@@ -154,7 +155,8 @@ def backend_status(backend: str, device="cpu") -> str:
 
 
 def available_backends(device="cpu", dtype: torch.dtype = torch.float32) -> list[str]:
-    """The backends that can run the fused ``na2d`` forward on ``device`` for ``dtype``."""
+    """The backends that can run the fused ``na2d`` forward on ``device`` for ``dtype``; compiled kernels
+    count once built or buildable (:func:`backend_status`), and nothing is compiled to find out."""
     return [name for name in BACKENDS if unavailable_reason(name, "na2d", device, dtype) is None]
 
 
