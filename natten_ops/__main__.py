@@ -11,7 +11,7 @@ from natten_ops import _build, report
 def build(args) -> int:
     try:
         _build.load_cpu()
-        print(f"natten_ops: CPU kernels ready: {_build.module_path(_build.CPU_EXTENSION)}")
+        print(f"natten_ops: CPU kernels ready: {_build.module_path(_build.cpu_extension())}")
         if args.cuda:
             _build.load_cuda()
             print(f"natten_ops: CUDA kernels ready ({_build.cuda_arch_list()}): "

@@ -2,9 +2,9 @@
 
 One loader for all compiled code (the stylegan3 pattern):
 
-- the cache key hashes the sources, the compiler flags, the torch / Python versions and (for
-  ``-march=native`` builds) the CPU's instruction-set flags, so a change to any of them rebuilds and
-  nothing else does;
+- the cache key hashes every file under ``csrc/``, the compiler flags, the torch / Python versions
+  and (for ``-march=native`` builds) the CPU's instruction-set flags, so a change to any of them
+  rebuilds and nothing else does;
 - builds happen in a private temporary folder and are published with an atomic rename, under a file
   lock, so two processes (DDP ranks, pytest workers) that start at once build once and never see a
   half-written module;
@@ -15,6 +15,11 @@ Nothing is compiled at import time: the first call that needs a kernel triggers 
 ``python -m natten_ops build`` does it ahead of time.
 
 Cache folder: ``$NATTEN_OPS_CACHE`` or ``~/.cache/natten_ops``.
+
+The CPU kernels are built with ``-fopenmp`` so ``at::parallel_for`` runs on torch's intra-op threads
+(``torch.set_num_threads``). Only the compile step gets the flag: the module does not link an OpenMP
+runtime of its own, its ``GOMP_*`` symbols resolve to the one libtorch_cpu already loaded.
+``NATTEN_OPS_PORTABLE=1`` selects the portable build (no AVX-512: the kernels a laptop runs).
 """
 
 from __future__ import annotations
@@ -44,31 +49,44 @@ class BuildError(RuntimeError):
 
 @dataclass(frozen=True)
 class Extension:
-    """A compiled module: its sources (relative to csrc/), headers that affect it, and flags."""
+    """A compiled module: its sources (relative to csrc/) and flags."""
 
     name: str
     sources: tuple[str, ...]
-    headers: tuple[str, ...]
     cflags: tuple[str, ...]
     cuda_cflags: tuple[str, ...] = ()
     with_cuda: bool = False
     extra: tuple[str, ...] = field(default=())  # other strings that change the binary (e.g. arch list)
 
 
-CPU_EXTENSION = Extension(
-    name="natten_ops_cpu",
-    sources=("cpu/na2d_cpu.cpp", "cpu/bindings.cpp"),
-    headers=("na2d_index.h", "ops.h"),
-    cflags=("-O3", "-march=native", "-fopenmp-simd"),
+_CPU_SOURCES = ("cpu/entry_points.cpp", "cpu/bindings.cpp")
+_CPU_CFLAGS = ("-O3", "-march=native", "-fopenmp")
+
+# The CPU kernels: the AVX-512 tiled kernels where the processor has AVX-512, else the portable ones.
+CPU_EXTENSION = Extension(name="natten_ops_cpu", sources=_CPU_SOURCES, cflags=_CPU_CFLAGS)
+
+# The portable kernels only, compiled as for a processor without AVX-512 (x86: AVX2 at most).
+PORTABLE_CPU_EXTENSION = Extension(
+    name="natten_ops_cpu_portable",
+    sources=_CPU_SOURCES,
+    cflags=_CPU_CFLAGS + ("-DNATTEN_OPS_PORTABLE",)
+    + (("-mno-avx512f",) if platform.machine() in ("x86_64", "AMD64") else ()),
 )
 
-_CUDA_HEADERS = ("na2d_index.h", "na2d_elements.h", "na2d_problem.h", "ops.h")
+PORTABLE_ENV = "NATTEN_OPS_PORTABLE"
+
+
+def cpu_extension() -> Extension:
+    """The CPU kernels this process uses: :data:`PORTABLE_CPU_EXTENSION` if ``$NATTEN_OPS_PORTABLE``
+    is set (not ``0``), else :data:`CPU_EXTENSION`."""
+    portable = os.environ.get(PORTABLE_ENV, "0") not in ("", "0")
+    return PORTABLE_CPU_EXTENSION if portable else CPU_EXTENSION
+
 
 # The CUDA kernels' element math compiled for the host: tests run it on machines without a GPU.
 CUDA_HARNESS_EXTENSION = Extension(
     name="natten_ops_cuda_harness",
     sources=("cuda/harness.cpp",),
-    headers=_CUDA_HEADERS,
     cflags=("-O2",),
 )
 
@@ -93,7 +111,6 @@ def cuda_extension() -> Extension:
     return Extension(
         name="natten_ops_cuda",
         sources=("cuda/na2d_cuda.cu", "cuda/bindings.cpp"),
-        headers=_CUDA_HEADERS,
         cflags=("-O3",),
         cuda_cflags=("-O3", "-lineinfo"),
         with_cuda=True,
@@ -136,12 +153,15 @@ def _cpu_flags() -> str:
 
 
 def build_key(ext: Extension) -> str:
-    """A hash of every input that changes the compiled module."""
+    """A hash of every input that changes the compiled module: every file under ``csrc/`` (so no
+    header can be forgotten), the flags, torch and Python, and the CPU's flags for ``-march=native``."""
     digest = hashlib.sha256()
-    for rel in ext.sources + ext.headers:
-        digest.update(rel.encode())
-        digest.update((CSRC / rel).read_bytes())
-    for item in (*ext.cflags, *ext.cuda_cflags, *ext.extra, torch.__version__, sys.version, _cpu_flags()):
+    for path in sorted(p for p in CSRC.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(CSRC).as_posix().encode())
+        digest.update(path.read_bytes())
+    native = "-march=native" in ext.cflags
+    for item in (*ext.sources, *ext.cflags, *ext.cuda_cflags, *ext.extra, torch.__version__, sys.version,
+                 _cpu_flags() if native else ""):
         digest.update(item.encode())
     return digest.hexdigest()[:16]
 
@@ -173,7 +193,7 @@ def _import_from(path: Path, name: str) -> ModuleType:
 def _compile(ext: Extension, build_dir: Path) -> ModuleType:
     from torch.utils import cpp_extension
 
-    saved_arch = os.environ.get(ARCH_ENV)
+    saved_arch, saved_home = os.environ.get(ARCH_ENV), cpp_extension.CUDA_HOME
     if ext.with_cuda:  # torch reads both when it builds the nvcc command line
         cpp_extension.CUDA_HOME = str(cuda_home())
         os.environ[ARCH_ENV] = ext.extra[0]
@@ -190,6 +210,7 @@ def _compile(ext: Extension, build_dir: Path) -> ModuleType:
             verbose=_verbose(),
         )
     finally:
+        cpp_extension.CUDA_HOME = saved_home
         if saved_arch is None:
             os.environ.pop(ARCH_ENV, None)
         else:
@@ -268,8 +289,8 @@ def _build_and_publish(ext: Extension, target: Path) -> ModuleType:
 
 
 def load_cpu() -> ModuleType:
-    """The CPU kernels (built on first use)."""
-    return load(CPU_EXTENSION)
+    """The CPU kernels of :func:`cpu_extension` (built on first use)."""
+    return load(cpu_extension())
 
 
 def load_cuda() -> ModuleType:

@@ -11,16 +11,25 @@ Neighborhood attention becomes flex attention over the flattened ``H*W`` tokens 
 The flex kernel is compiled with ``torch.compile`` on first use and block masks are cached per
 (shape, groups, device). torch has no flex_attention backward on the CPU: there this backend serves
 inference only, and asking it for gradients is an error.
+
+NaN and Inf: torch's CPU flex kernel does not propagate them as the reference does (it drops a NaN in
+q or k, spreads a NaN or Inf of v to queries whose window does not hold that key, returns 0 for a row
+whose logits are all -inf, and fails to compile a NaN scale). On the CPU, a call whose inputs are not
+all finite is therefore computed by ``natten_ops.reference`` (exact semantics; the check is one pass
+over the inputs). On CUDA the inputs are not checked (that would synchronise every call): there NaN /
+Inf handling is flex_attention's own.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from natten_ops import reference
 from natten_ops.groups import HeadGroup
 
 try:
@@ -39,8 +48,8 @@ def unavailable_reason(op: str, device: torch.device, dtype: torch.dtype, needs_
         return f"flex_attention does not run on {device.type}"
     if device.type == "cpu" and needs_grad:
         return "torch's flex_attention has no backward on the CPU (use backend='cpu' for training)"
-    if device.type == "cpu" and dtype == torch.float16:
-        return "flex_attention on the CPU does not take float16"
+    if device.type == "cpu" and dtype in (torch.float16, torch.float64):
+        return f"flex_attention on the CPU does not take {dtype} (float32 and bfloat16 only)"
     return None
 
 
@@ -91,21 +100,24 @@ def _mask_mod(pattern: _Pattern, height: int, width: int):
     return mask_mod
 
 
-def _bias_tables(groups: Sequence[HeadGroup], dtype, device) -> tuple[Tensor, Tensor]:
-    """All groups' RPB tables flattened into one vector, and each head's offset into it."""
+def _bias_tables(groups: Sequence[HeadGroup], input_dtype, dtype, device) -> tuple[Tensor, Tensor]:
+    """All groups' RPB tables flattened into one ``dtype`` vector (each rounded to the inputs' dtype
+    first, the rule of every backend), and each head's offset into it."""
     chunks, offsets, start = [], [], 0
     for g in groups:
         kh, kw = g.kernel_size
         table = g.rpb if g.rpb is not None else torch.zeros(g.heads, 2 * kh - 1, 2 * kw - 1, device=device)
-        chunks.append(table.to(dtype).reshape(-1))
+        chunks.append(table.to(input_dtype).to(dtype).reshape(-1))
         offsets += [start + head * (2 * kh - 1) * (2 * kw - 1) for head in range(g.heads)]
         start += table.numel()
     return torch.cat(chunks), torch.tensor(offsets, dtype=torch.int64, device=device)
 
 
-def _bias_score_mod(groups: Sequence[HeadGroup], pattern: _Pattern, width: int, device):
-    """``score + rpb[h, (k_h-1) + (a-i)/d_h, (k_w-1) + (c-j)/d_w]`` over flattened token indices."""
-    table, offsets = _bias_tables(groups, torch.float32, device)
+def _bias_score_mod(groups: Sequence[HeadGroup], pattern: _Pattern, width: int, input_dtype, device):
+    """``score + rpb[h, (k_h-1) + (a-i)/d_h, (k_w-1) + (c-j)/d_w]`` over flattened token indices (scores
+    are float64 for float64 inputs, else float32)."""
+    score_dtype = torch.float64 if input_dtype == torch.float64 else torch.float32
+    table, offsets = _bias_tables(groups, input_dtype, score_dtype, device)
     kh, kw, dh, dw = pattern.kh, pattern.kw, pattern.dh, pattern.dw
 
     def score_mod(score, b, h, q_idx, kv_idx):
@@ -116,6 +128,12 @@ def _bias_score_mod(groups: Sequence[HeadGroup], pattern: _Pattern, width: int, 
         return score + table[offsets[h] + row * (2 * kw[h] - 1) + col]
 
     return score_mod
+
+
+def _all_finite(q: Tensor, k: Tensor, v: Tensor, groups: Sequence[HeadGroup], scale: float) -> bool:
+    """Whether the inputs, bias tables and scale hold no NaN or Inf."""
+    tensors = [q, k, v, *(g.rpb for g in groups if g.rpb is not None)]
+    return math.isfinite(scale) and all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 @functools.lru_cache(maxsize=32)
@@ -129,10 +147,13 @@ def _block_mask(signature: tuple, heads: int, height: int, width: int, device: t
 
 def na2d(q: Tensor, k: Tensor, v: Tensor, groups: Sequence[HeadGroup], scale: float) -> Tensor:
     """Fused NA via flex_attention; same contract as ``natten_ops.reference.na2d``."""
+    if q.device.type == "cpu" and not _all_finite(q, k, v, groups, scale):
+        return reference.na2d(q, k, v, groups, scale)
     B, heads, H, W, D = q.shape
     signature = tuple((g.heads, g.kernel_size, g.dilation) for g in groups)
     block_mask, pattern = _block_mask(signature, heads, H, W, q.device)
-    score_mod = _bias_score_mod(groups, pattern, W, q.device) if any(g.rpb is not None for g in groups) else None
+    score_mod = (_bias_score_mod(groups, pattern, W, q.dtype, q.device) if any(g.rpb is not None for g in groups)
+                 else None)
     flat = [x.reshape(B, heads, H * W, D) for x in (q, k, v)]
     out = _compiled_flex()(*flat, score_mod=score_mod, block_mask=block_mask, scale=scale)
     return out.reshape(B, heads, H, W, D)

@@ -41,6 +41,11 @@ def _check_attention_tensor(x, name: str) -> None:
         raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
 
 
+def _check_head_dim(x: Tensor, name: str) -> None:
+    if x.shape[4] == 0:
+        raise ValueError(f"{name} has head_dim 0 (shape {tuple(x.shape)}); head_dim must be >= 1")
+
+
 def _check_like(x: Tensor, ref: Tensor, name: str, ref_name: str, dims: int = 5) -> None:
     if x.device != ref.device:
         raise ValueError(f"{name} is on {x.device} but {ref_name} is on {ref.device}")
@@ -118,7 +123,7 @@ class ReferenceBackend:
 
 _REGISTRY = {
     "reference": ReferenceBackend(),
-    "cpu": CompiledBackend("cpu", "cpu", lambda: _build.CPU_EXTENSION,
+    "cpu": CompiledBackend("cpu", "cpu", _build.cpu_extension,
                            (torch.float32, torch.float64, torch.float16, torch.bfloat16)),
     "cuda": CompiledBackend("cuda", "cuda", _build.cuda_extension,
                             (torch.float32, torch.float64, torch.float16, torch.bfloat16), max_head_dim=128),
@@ -216,7 +221,9 @@ def na2d(q: Tensor, k: Tensor, v: Tensor, kernel_size: IntOrPair, dilation: IntO
         q, k, v: ``[B, heads, H, W, head_dim]`` (any strides).
         kernel_size: odd int > 1, or a per-axis ``(k_h, k_w)`` pair.
         dilation: int >= 1 or ``(d_h, d_w)``; ``k * d`` must not exceed the axis length.
-        rpb: optional relative positional bias ``[heads, 2*k_h - 1, 2*k_w - 1]`` (added after scaling).
+        rpb: optional relative positional bias ``[heads, 2*k_h - 1, 2*k_w - 1]`` (added after scaling), of
+            any floating dtype: every backend casts it to q's dtype first, as the reference adds it to the
+            logits in their dtype; its gradient comes back in its own dtype.
         scale: logit scale, ``head_dim ** -0.5`` by default.
         backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"cuda"``, ``"triton"`` or ``"flex"``.
 
@@ -243,6 +250,7 @@ def na2d_grouped(q: Tensor, k: Tensor, v: Tensor, groups: Sequence[HeadGroup], s
     _check_like(v, q, "v", "q", dims=4)
     if v.shape[4] != q.shape[4]:
         raise ValueError(f"v has head_dim {v.shape[4]} but q has {q.shape[4]}; they must match")
+    _check_head_dim(q, "q")
     groups = _check_groups(groups, q)
     if scale is None:
         scale = q.shape[-1] ** -0.5
@@ -260,6 +268,7 @@ def na2d_qk(q: Tensor, k: Tensor, kernel_size: IntOrPair, dilation: IntOrPair = 
     _check_attention_tensor(q, "q")
     _check_attention_tensor(k, "k")
     _check_like(k, q, "k", "q")
+    _check_head_dim(q, "q")
     group = HeadGroup(q.shape[1], as_pair(kernel_size, "kernel_size"), as_pair(dilation, "dilation"), rpb)
     _check_groups([group], q)
     if backend == "flex":
@@ -276,6 +285,7 @@ def na2d_av(attn: Tensor, v: Tensor, kernel_size: IntOrPair, dilation: IntOrPair
     _check_attention_tensor(attn, "attn")
     _check_attention_tensor(v, "v")
     _check_like(attn, v, "attn", "v", dims=4)
+    _check_head_dim(v, "v")
     group = HeadGroup(v.shape[1], as_pair(kernel_size, "kernel_size"), as_pair(dilation, "dilation"))
     _check_groups([group], v)
     area = group.kernel_size[0] * group.kernel_size[1]

@@ -8,7 +8,10 @@ Prints, per shape (B, heads, H=W, head_dim, kernel, dilation): forward and forwa
 of --repeats after warm-up), peak memory, achieved GFLOP/s (forward counts 4*B*heads*H*W*k*k*D flops:
 q.k and attn.v, a multiply and an add each; forward+backward 3.5 times that), on CUDA the TFLOP/s of every
 backend, and the speed-ups of the first backend over the others.
-Ratios are measured in this run, on this machine; they are the figures the README quotes. The pseudo-
+Ratios are measured in this run, on this machine; they are the figures the README quotes. On the CPU the
+first backend is also timed on one thread (``torch.set_num_threads(1)``): the "1-thread ms" column and the
+N-thread speed-up show that the kernels use every intra-op thread (``--no-scaling`` skips it); the header
+names the thread count and the CPU kernels' build (AVX-512 tiled or portable, ``NATTEN_OPS_PORTABLE=1``). The pseudo-
 backend ``sdpa`` (default on CUDA) is dense ``scaled_dot_product_attention`` over the same H*W tokens:
 not neighborhood attention, a roofline for what a tuned attention kernel reaches on this device (its
 TFLOP/s count the dense 4*B*heads*(H*W)^2*D flops). On CUDA the default backends are triton, cuda, flex
@@ -18,6 +21,8 @@ TFLOP/s count the dense 4*B*heads*(H*W)^2*D flops). On CUDA the default backends
 from __future__ import annotations
 
 import argparse
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -73,6 +78,27 @@ def run_case(backend: str, shape, device, dtype, repeats: int, backward: bool):
         return seconds, memory
 
 
+@contextlib.contextmanager
+def threads(count: int):
+    """Runs the block with ``count`` intra-op threads."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def cpu_build() -> str:
+    """Which CPU kernels run: the build's name and its kernel variant."""
+    from natten_ops import _build
+
+    try:
+        return f"{_build.cpu_extension().name} ({_build.load_cpu().kernel_variant()})"
+    except _build.BuildError as err:
+        return f"unavailable: {err}"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -84,6 +110,8 @@ def main(argv=None):
     parser.add_argument("--batch-scale", type=int, default=1, help="multiply every batch size (GPU: use 2 for B=8 at 256 px)")
     parser.add_argument("--highres", action="store_true", help="add the 512 and 1024 px stages of the 1024 px generator")
     parser.add_argument("--sizes", default=None, help="comma list of H=W sizes to run (default: all)")
+    parser.add_argument("--scaling", action=argparse.BooleanOptionalAction, default=True,
+                        help="CPU: also time the first backend on 1 thread (default: on)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -95,16 +123,18 @@ def main(argv=None):
     for dtype in dtypes:
         print(f"# natten_ops {natten_ops.__version__}, torch {torch.__version__}, device {device}"
               f" ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} threads'})"
-              f", dtype {str(dtype).removeprefix('torch.')}")
+              f", dtype {str(dtype).removeprefix('torch.')}" + (f", CPU kernels {cpu_build()}" if device.type == "cpu" else ""))
         table(backends, device, dtype, args)
 
 
 def table(backends, device, dtype, args):
     """One markdown table: every shape, forward and forward+backward, every backend."""
     gpu = device.type == "cuda"
+    scaling = args.scaling and device.type == "cpu"
     header = ["B", "heads", "H=W", "D", "k", "d", "pass"] + [f"{b} ms" for b in backends] + \
              [f"{b} MB" for b in backends] + [f"{backends[0]} GFLOP/s"] + \
-             ([f"{b} TFLOP/s" for b in backends] if gpu else []) + [f"x vs {b}" for b in backends[1:]]
+             ([f"{b} TFLOP/s" for b in backends] if gpu else []) + [f"x vs {b}" for b in backends[1:]] + \
+             ([f"{backends[0]} 1-thread ms", f"{torch.get_num_threads()}-thread speed-up"] if scaling else [])
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     sizes = {int(n) for n in args.sizes.split(",")} if args.sizes else None
@@ -133,6 +163,12 @@ def table(backends, device, dtype, args):
             tflops = [f"{(dense_flops(shape) if b == 'sdpa' else flops) * passes / c[0] / 1e12:.1f}" if c else "-"
                       for b, c in zip(backends, cells)] if gpu else []
             ratios = [f"{c[0] / cells[0][0]:.1f}" if c and cells[0] else "-" for c in cells[1:]]
+            if scaling and cells[0]:
+                with threads(1):
+                    one = run_case(backends[0], shape, device, dtype, args.repeats, backward)[0]
+                ratios += [f"{one * 1e3:.2f}", f"{one / cells[0][0]:.2f}"]
+            elif scaling:
+                ratios += ["-", "-"]
             row = [B, heads, n, D, k, d, "fwd+bwd" if backward else "fwd", *ms, *mb, gflops, *tflops, *ratios]
             print("| " + " | ".join(str(x) for x in row) + " |", flush=True)
 

@@ -6,12 +6,14 @@ they measure the attention-bound part that the backends change.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
 from stylenat.generation import compile_generator
 from stylenat.models import create_discriminator, create_generator
-from stylenat.profiling import median_seconds, peak_memory_bytes
+from stylenat.profiling import Timing, peak_memory_bytes, stable_seconds
 
 
 def _inference_step(G, batch: int, device, dtype):
@@ -35,9 +37,11 @@ def _training_step(G, D, batch: int, device, dtype):
 
 
 def measure(preset: str, backend: str, *, batch: int, device: torch.device, dtype: torch.dtype, train: bool,
-            repeats: int, compile: str | None = None) -> tuple[float, int]:
-    """``(median seconds per iteration, peak bytes)`` of the ``preset`` generator on natten_ops ``backend``:
-    sampling a batch of ``batch`` images, or with ``train`` one G step and one D step.
+            repeats: int, max_runs: int = 30, on_run: Callable[[int, float], None] | None = None,
+            compile: str | None = None) -> tuple[Timing, int]:
+    """``(seconds per iteration, peak bytes)`` of the ``preset`` generator on natten_ops ``backend``: sampling a
+    batch of ``batch`` images, or with ``train`` one G step and one D step. Timed until the last ``repeats``
+    iterations agree within 5% (at most ``max_runs``; see :func:`stylenat.profiling.stable_seconds`).
 
     ``compile`` names a torch.compile backend to run them through: sampling compiles the synthesis network
     as ``stylenat generate --compile`` does (CUDA graphs on a GPU), training compiles G and D; the first
@@ -53,5 +57,6 @@ def measure(preset: str, backend: str, *, batch: int, device: torch.device, dtyp
     else:
         step = _inference_step(compile_generator(G.eval(), compile) if compile is not None else G.eval(), batch,
                                device, dtype)
-    warmup = 1 if compile is None else 3
-    return median_seconds(step, device, repeats, warmup=warmup), peak_memory_bytes(step, device)
+    timing = stable_seconds(step, device, window=repeats, max_runs=max(max_runs, repeats), on_run=on_run,
+                            warmup=1 if compile is None else 3)
+    return timing, peak_memory_bytes(step, device)

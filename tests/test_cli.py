@@ -64,3 +64,12 @@ def test_subcommand_help_lists_its_flags(name, capsys):
         build_parser().parse_args([name, "--help"])
     assert exit_info.value.code == 0
     assert f"usage: stylenat {name}" in capsys.readouterr().out
+
+
+def test_fit_help_is_lightning_cli_and_names_overwrite(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["stylenat"])  # LightningCLI compares its arguments with sys.argv
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--trainer.devices" in out and "--overwrite" in out

@@ -1,7 +1,11 @@
 """``stylenat throughput`` prints one row per backend, with the ones that cannot run explained."""
 
-from stylenat import throughput
+import pytest
+import torch
+
+from stylenat import profiling, throughput
 from stylenat.cli import main
+from stylenat.profiling import Timing
 
 
 def test_throughput_rows(capsys):
@@ -21,22 +25,45 @@ def test_throughput_training_skips_flex_on_cpu(capsys):
 def test_throughput_reports_a_failing_backend_and_goes_on(capsys, monkeypatch):
     calls = []
 
-    def out_of_memory_first(step, device, repeats, warmup=1):
+    def out_of_memory_first(step, device, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("DefaultCPUAllocator: can't allocate memory\nmore detail")
-        return 0.5
+        return Timing(0.5, 0.01, 5, True)
 
-    monkeypatch.setattr(throughput, "median_seconds", out_of_memory_first)
+    monkeypatch.setattr(throughput, "stable_seconds", out_of_memory_first)
     assert main(["throughput", "--preset", "demo", "--batch", "2", "--repeats", "1", "--backends", "reference,cpu"]) == 0
     rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
     assert "can't allocate memory" in rows["reference"] and "more detail" not in rows["reference"]
     assert float(rows["cpu"].split("|")[2]) == 4.0  # batch 2 / 0.5 s
 
 
+def test_throughput_keeps_native_noise_off_and_shows_progress(capfd):
+    assert main(["throughput", "--preset", "demo", "--batch", "1", "--repeats", "2", "--backends", "cpu"]) == 0
+    out, err = capfd.readouterr()
+    row, = (line for line in out.splitlines() if line.startswith("| cpu "))
+    assert row.split("|")[4].strip().endswith(tuple(f"of {n}" for n in range(2, 31)) + ("(unsettled)",))
+    assert "cpu: warming up" in err and "cpu: run 2:" in err  # progress, on stderr
+    assert "profiler_start" not in err + out and "gpuGetDeviceCount" not in err + out
+
+
+def test_stable_seconds_times_until_the_last_runs_agree(monkeypatch):
+    durations = iter([9.0, 1.0, 2.0, 1.0, 1.0, 1.02, 5.0])  # warm-up, then the timed runs
+    clock = [0.0]
+
+    def step():
+        clock[0] += next(durations)
+
+    monkeypatch.setattr(profiling.time, "perf_counter", lambda: clock[0])
+    timing = profiling.stable_seconds(step, torch.device("cpu"), window=3, tolerance=0.05)
+    assert timing == Timing(seconds=1.0, spread=pytest.approx(0.02), runs=5, stable=True)
+    durations = iter([1.0] + [1.0, 2.0] * 10)
+    assert not profiling.stable_seconds(step, torch.device("cpu"), window=2, max_runs=6).stable
+
+
 def test_throughput_compares_eager_and_compiled(capsys):
-    assert main(["throughput", "--preset", "demo", "--batch", "2", "--repeats", "1", "--backends", "cpu",
-                 "--compile", "aot_eager"]) == 0
+    assert main(["throughput", "--preset", "demo", "--batch", "2", "--repeats", "1", "--max-runs", "1",
+                 "--backends", "cpu", "--compile", "aot_eager"]) == 0
     rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
     assert float(rows["cpu"].split("|")[2]) > 0 and float(rows["cpu + compile"].split("|")[2]) > 0
     assert main(["throughput", "--preset", "demo", "--compile", "fastest"]) == 2

@@ -192,7 +192,8 @@ NA_HOST_DEVICE void team_store(const acc_t<T> (&held)[kSlots], acc_t<T> factor, 
   }
 }
 
-// Forward of query (i, j): out[row] and lse[row], online softmax over the window.
+// Forward of query (i, j): out[row] and lse[row], online softmax over the window. Logits are
+// (scale * q) . k + bias as in the reference, so NaN and Inf in q, k, v, scale or bias propagate as there.
 template <int kSlots, typename T, typename Sum>
 NA_HOST_DEVICE void fused_forward_query(const FusedArgs<T>& a, T* out, acc_t<T>* lse, const HeadShape& s,
                                         const Plane& p, int64_t plane, int64_t i, int64_t j, int lane, int lanes,
@@ -211,7 +212,11 @@ NA_HOST_DEVICE void fused_forward_query(const FusedArgs<T>& a, T* out, acc_t<T>*
       Acc logit = team_dot(q, a.k + key * D, D, lane, lanes, sum);
       if (a.bias) logit += static_cast<Acc>(a.bias[w.bias_row0 + uh * s.bias_cols() + uw]);
       const Acc new_max = logit > running_max ? logit : running_max;
-      const Acc correction = na_exp(running_max - new_max), weight = na_exp(logit - new_max);
+      // Shift by 0 while every logit so far is -inf, so that -inf - -inf (NaN) never appears: -inf
+      // logits weigh 0, and a window of only -inf logits ends with denominator 0, hence a NaN output
+      // as the reference's softmax gives. A NaN logit makes weight, denominator and output NaN.
+      const Acc shift = new_max == -INFINITY ? Acc(0) : new_max;
+      const Acc correction = na_exp(running_max - shift), weight = na_exp(logit - shift);
       denominator = denominator * correction + weight;
       const T* value = a.v + key * D;
 #pragma unroll
@@ -275,7 +280,7 @@ NA_HOST_DEVICE void fused_grad_key(const FusedArgs<T>& a, T* grad_k, T* grad_v, 
   team_load(kv, a.k + key * D, D, lane, lanes);
   team_load(vv, a.v + key * D, D, lane, lanes);
 #pragma unroll
-  for (int e = 0; e < kSlots; ++e) dk[e] = 0, dv[e] = 0;
+  for (int e = 0; e < kSlots; ++e) kv[e] *= a.scale, dk[e] = 0, dv[e] = 0;  // q . (scale * k): the reference's products
   int64_t i0, i1, j0, j1;
   inverse_window(ka, p.height, s.kernel_h, s.dilation_h, &i0, &i1);
   inverse_window(kc, p.width, s.kernel_w, s.dilation_w, &j0, &j1);
@@ -283,7 +288,7 @@ NA_HOST_DEVICE void fused_grad_key(const FusedArgs<T>& a, T* grad_k, T* grad_v, 
     for (int64_t j = j0; j < j1; j += s.dilation_w) {
       const int64_t query = p.row(plane, i, j);
       const T *qv = a.q + query * D, *gv = a.grad_out + query * D;
-      Acc logit = a.scale * team_dot(kv, qv, D, lane, lanes, sum);
+      Acc logit = team_dot(kv, qv, D, lane, lanes, sum);
       if (a.bias) logit += static_cast<Acc>(a.bias[bias_entry(i, j, ka, kc, s)]);
       const Acc prob = na_exp(logit - a.lse[query]);
       const Acc dlogit = prob * (team_dot(vv, gv, D, lane, lanes, sum) - a.delta[query]);

@@ -72,7 +72,7 @@ def na2d(q: Tensor, k: Tensor, v: Tensor, groups: Sequence[HeadGroup], scale: fl
         raise ValueError(f"backend='triton' takes batch * heads <= {MAX_BATCH_HEADS} (one grid axis), got "
                          f"{q.shape[0]} * {q.shape[1]}; split the batch")
     layout = tuple(x for g in groups for x in (g.heads, *g.kernel_size, *g.dilation, int(g.rpb is not None)))
-    tables = [g.rpb.float().reshape(-1) for g in groups if g.rpb is not None]
+    tables = [g.rpb.to(q.dtype).float().reshape(-1) for g in groups if g.rpb is not None]  # rpb rule: q's dtype
     bias = torch.cat(tables) if tables else q.new_empty(0, dtype=torch.float32)
     out, _ = ops.na2d_forward(q, k, v, bias, _head_table(layout, q.device), list(layout), scale,
                                  bool(torch.backends.cuda.matmul.allow_tf32))

@@ -15,6 +15,7 @@ namespace) or parses its own (``passthrough=True``: ``run(args)`` gets ``args.co
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 from collections.abc import Callable
@@ -76,8 +77,6 @@ def report_error(command: str, err: BaseException) -> int:
 
 def describe(err: BaseException) -> str:
     """One line for ``err``: a full disk says so with the path, an ``OSError`` names its file."""
-    import errno
-
     if isinstance(err, OSError) and err.errno == errno.ENOSPC:
         where = f" writing {err.filename}" if err.filename else ""
         return f"no space left on device{where}"

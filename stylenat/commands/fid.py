@@ -10,11 +10,16 @@ Each result is printed with its protocol and, with ``--run-dir``, appended to ``
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from stylenat.commands import Command, with_clean_errors
+from stylenat.commands.generate import GRID_NAME, INTERPOLATION_NAME
 from stylenat.commands.options import (GENERATOR_CKPT_HELP, add_device, check_at_least, load_generator,
                                        resolve_device)
+
+MIN_UNBIASED_IMAGES = 2048
+"""Below this many images (Inception's feature size) the distances are strongly biased: fid warns."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def fid(args: argparse.Namespace) -> int:
-    from stylenat.metrics import ImageFiles, dataset_features, evaluate_features, evaluate_generator
+    from stylenat.metrics import dataset_features, evaluate_features, evaluate_generator
     from stylenat.metrics import (build_extractor, build_reference, parse_reference_name, resolve_protocol,
                                   warn_if_filters_differ)
 
@@ -62,8 +67,7 @@ def fid(args: argparse.Namespace) -> int:
         G, info = load_generator(args.ckpt, device)
         resolution = G.size
     else:
-        images = ImageFiles(args.images)
-        resolution = images[0].shape[-1]
+        images, resolution = _sample_images(args.images, settings.num_samples)
     if args.ref is not None:
         parse_reference_name(args.ref, resolution, settings.mode)  # before the (slow, maybe failing) extractor
     extractor = build_extractor(args.extractor, mode=settings.mode, weights=args.inception_weights, device=device)
@@ -87,7 +91,44 @@ def fid(args: argparse.Namespace) -> int:
         print(f"{record['metric']} = {record['value']:.4f}  ({record['extractor']}/{record['mode']} against "
               f"{record['reference']} ({record['reference_images']} images), {record['num_samples']} "
               f"images{where})")
+    if records and records[0]["num_samples"] < MIN_UNBIASED_IMAGES:
+        print(f"warning: measured on {records[0]['num_samples']} images: below {MIN_UNBIASED_IMAGES:,} the Fréchet "
+              "and kernel distances are strongly biased (FID is reported on 50,000); compare only values measured "
+              "on the same number of images", file=sys.stderr)
     return 0
+
+
+def _is_generate_extra(name: str) -> bool:
+    """Whether a file that ``stylenat generate`` writes beside the samples: the grid and the interpolation."""
+    return name == GRID_NAME or name.startswith(f"{INTERPOLATION_NAME}/")
+
+
+def _sample_images(folder: str, num: int):
+    """The first ``num`` sample images of ``folder`` (a dataset) and their side. ``generate``'s grid and
+    interpolation frames are left out (and said so); images of different sizes fail here, naming the odd
+    file, before any statistics are computed."""
+    from torch.utils.data import Subset
+
+    from stylenat.metrics import ImageFiles
+
+    files = ImageFiles(folder)
+    kept = [i for i, name in enumerate(files.names) if not _is_generate_extra(name)]
+    if len(kept) < len(files):
+        print(f"note: left out {len(files) - len(kept)} files of stylenat generate that are not samples "
+              f"({GRID_NAME}, {INTERPOLATION_NAME}/)", file=sys.stderr)
+    if not kept:
+        raise ValueError(f"no sample images in {folder}: only {GRID_NAME} / {INTERPOLATION_NAME}/ frames")
+    kept = kept[:num]
+    first = files.names[kept[0]]
+    size = files.image_size(kept[0])
+    for i in kept:
+        if files.image_size(i) != size:
+            width, height = files.image_size(i)
+            raise ValueError(f"{Path(folder) / files.names[i]} is {width}x{height} but {first} is "
+                             f"{size[0]}x{size[1]}: fid measures samples of one size; move the odd file away")
+    if size[0] != size[1]:
+        raise ValueError(f"{Path(folder) / first} is {size[0]}x{size[1]}: fid measures square samples")
+    return Subset(files, kept), size[0]
 
 
 COMMAND = Command("FID/KID of a generator or an image folder against reference statistics", add_arguments,

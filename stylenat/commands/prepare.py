@@ -28,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-error", choices=("skip", "raise"), default="skip",
                         help="unreadable images: skip and report them (default) or stop")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output zip")
+    parser.epilog = "Images with transparency are composited on white (recorded in dataset.json)."
 
 
 def prepare(args: argparse.Namespace) -> int:

@@ -14,13 +14,17 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import lmdb
 from PIL import Image
 
 from stylenat.data.base import DECODE_ERRORS, ImageDataset
 from stylenat.data.transforms import IMAGE_EXTENSIONS, decode_image
+from stylenat.optional import require
+
+if TYPE_CHECKING:
+    import lmdb
 
 
 def require_path(path: str | os.PathLike, what: str) -> Path:
@@ -198,8 +202,13 @@ class ZipDataset(ImageDataset):
 _LMDB_ENVIRONMENTS: dict[tuple[int, int], lmdb.Environment] = {}
 
 
+def _lmdb() -> ModuleType:
+    return require("lmdb", "lmdb", "reading an LSUN LMDB dataset")
+
+
 def open_lmdb(folder: Path) -> lmdb.Environment:
     """The shared read-only environment of the LMDB in ``folder`` (keyed by its data file's identity)."""
+    lmdb = _lmdb()
     stat = (folder / "data.mdb").stat()
     key = (stat.st_dev, stat.st_ino)
     if key not in _LMDB_ENVIRONMENTS:
@@ -223,6 +232,7 @@ class LSUNDataset(ImageDataset):
         self.path = path.parent if path.is_file() else path
         if not (self.path / "data.mdb").is_file():
             raise ValueError(f"LMDB dataset {str(path)!r} is a folder without data.mdb")
+        lmdb = _lmdb()
         try:
             with open_lmdb(self.path).begin() as txn:
                 keys = list(txn.cursor().iternext(keys=True, values=False))

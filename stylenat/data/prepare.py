@@ -3,8 +3,9 @@
 The output holds ``00000/img00000000.png``, ``00000/img00000001.png``, ... (1,000 per folder) at exactly
 ``resolution x resolution`` RGB, and a ``dataset.json`` with ``"labels"`` (``[[name, class], ...]`` when
 the source has labels, else ``null``, as StyleGAN's ``dataset_tool.py`` writes) and ``"prepare"``: the
-source, resolution, resize filter and centre-crop flag, and the unreadable files left out. Recording
-the filter matters: FID differs by about a point between ``box`` and ``lanczos`` downsampling, and
+source, resolution, resize filter, centre-crop flag, the colour transparent pixels were composited on
+(:data:`~stylenat.data.transforms.ALPHA_BACKGROUND`) and the unreadable files left out. Recording the filter
+matters: FID differs by about a point between ``box`` and ``lanczos`` downsampling, and
 :func:`prepared_filter` reads it back (the metrics warn when it differs from the reference statistics').
 
 The zip is written to a temporary file beside the target and renamed into place, so an interrupted run
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from stylenat.data.base import OnError, UnreadableImageError
 from stylenat.data.factory import open_dataset
+from stylenat.data.transforms import ALPHA_BACKGROUND
 
 IMAGES_PER_FOLDER = 1000
 
@@ -96,7 +98,8 @@ def prepare(src: str | os.PathLike, out_zip: str | os.PathLike, resolution: int,
             meta = {
                 "labels": labels if dataset.labels is not None else None,
                 "prepare": {"source": str(src), "resolution": resolution, "filter": filter,
-                            "center_crop": center_crop, "skipped": skipped, **({"scan": scan} if scan else {})},
+                            "center_crop": center_crop, "alpha_background": ALPHA_BACKGROUND[0],
+                            "skipped": skipped, **({"scan": scan} if scan else {})},
             }
             archive.writestr("dataset.json", json.dumps(meta))
         os.replace(temporary, out)

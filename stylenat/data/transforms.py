@@ -37,14 +37,24 @@ def check_filter(name: str) -> str:
     return name
 
 
+ALPHA_BACKGROUND = ("white", (255, 255, 255))
+"""Transparent pixels are composited on this colour (name, RGB): dropping the alpha channel instead would show
+whatever colour happens to be stored under them, often black."""
+
+
 def decode_image(source: bytes | str | os.PathLike) -> Image.Image:
-    """Decode encoded image bytes or a file into a fully loaded RGB image.
+    """Decode encoded image bytes or a file into a fully loaded RGB image; images with transparency (RGBA, LA,
+    palette with a transparent colour) are composited on :data:`ALPHA_BACKGROUND`.
 
     Raises what PIL raises for bad data (``OSError`` for unreadable or truncated files, sometimes
     ``SyntaxError``/``ValueError``/``EOFError``); callers turn those into a report naming the file.
     """
     with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
         image.load()  # decode now: a truncated file fails here, not later in a worker
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, ALPHA_BACKGROUND[1] + (255,))
+            return Image.alpha_composite(background, rgba).convert("RGB")
         return image.convert("RGB")
 
 
@@ -57,8 +67,8 @@ def fit_square(image: Image.Image, resolution: int, filter: str, center_crop: bo
     width, height = image.size
     if width != height:
         if not center_crop:
-            raise ValueError(f"{where}: image is {width}x{height}, not square; enable center_crop "
-                             "(or convert the dataset with `stylenat prepare`)")
+            raise ValueError(f"{where}: image is {width}x{height}, not square; crop it to its centre square with "
+                             "--center-crop (in a training config: data.center_crop: true)")
         side = min(width, height)
         left, top = (width - side) // 2, (height - side) // 2
         image = image.crop((left, top, left + side, top + side))

@@ -21,7 +21,7 @@ from stylenat.metrics.evaluate import evaluate_features, evaluate_generator
 from stylenat.metrics.extractors import (INCEPTION, MODES, CleanFIDExtractor, FeatureExtractor, build_extractor,
                                          extractor_digest, inception_extractor, metric_name)
 from stylenat.metrics.protocols import PROTOCOLS, Protocol, Settings, resolve_protocol
-from stylenat.metrics.records import append_metric_record
+from stylenat.metrics.records import append_metric_record, new_run_id, read_metric_records
 from stylenat.metrics.reference import (NAMED_STATS, ReferenceStats, build_reference, dataset_reference_stats,
                                         named_reference_stats, parse_reference_name, path_reference_stats,
                                         stats_cache_dir, warn_if_filters_differ)
@@ -35,6 +35,6 @@ __all__ = [
     "append_metric_record", "build_extractor", "build_reference", "dataset_features", "dataset_reference_stats", "evaluate_features",
     "evaluate_generator", "extractor_digest", "feature_stats", "find_inception_weights", "fingerprint_path",
     "frechet_distance", "generator_features", "inception_extractor", "kernel_distance", "metric_name",
-    "named_reference_stats", "parse_reference_name", "path_reference_stats", "resolve_protocol", "stats_cache_dir",
-    "strict_float32", "to_uint8", "warn_if_filters_differ", "z_from_seeds",
+    "named_reference_stats", "new_run_id", "parse_reference_name", "path_reference_stats", "read_metric_records",
+    "resolve_protocol", "stats_cache_dir", "strict_float32", "to_uint8", "warn_if_filters_differ", "z_from_seeds",
 ]

@@ -66,18 +66,25 @@ class ImageFiles(Dataset):
         return len(self.names)
 
     def __getitem__(self, i: int) -> Tensor:
+        rgb = np.array(self._read(i, lambda img: img.convert("RGB")))
+        return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
+
+    def image_size(self, i: int) -> tuple[int, int]:
+        """``(width, height)`` of image ``i``, from its header (the pixels are not decoded)."""
+        return self._read(i, lambda img: img.size)
+
+    def _read(self, i: int, read):
+        """``read(PIL image)`` of image ``i``, the file open; unreadable files raise ``OSError`` naming them."""
         name = self.names[i]
         try:
             if self._is_dir:
                 with Image.open(self.path / name) as img:
-                    rgb = np.array(img.convert("RGB"))
-            else:
-                self._zip = self._zip or zipfile.ZipFile(self.path)
-                with self._zip.open(name) as f, Image.open(f) as img:
-                    rgb = np.array(img.convert("RGB"))
+                    return read(img)
+            self._zip = self._zip or zipfile.ZipFile(self.path)
+            with self._zip.open(name) as f, Image.open(f) as img:
+                return read(img)
         except OSError as e:
             raise OSError(f"cannot read image {name!r} in {self.path}: {e}") from e
-        return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
 
     def __getstate__(self) -> dict:  # DataLoader workers open their own zip handle
         return {**self.__dict__, "_zip": None}

@@ -8,7 +8,7 @@ dict) that states how it was measured; with ``run_dir`` rank 0 also appends it t
      "reference": "ffhq_256_trainval70k", "reference_source": "clean-fid:ffhq_clean_trainval70k_256.npz",
      "reference_images": 70000, "reference_subset": null, "num_samples": 50000, "seed": 0, "truncation": 1.0,
      "checkpoint": "run/last.ckpt", "cur_nimg": 25000000, "kimg": 25000.0, "world_size": 8,
-     "wall_time_s": 412.8, "timestamp": 1767225600.0}
+     "run_id": "3f2a9c01b7e4", "wall_time_s": 412.8, "timestamp": 1767225600.0}
 
 The name ends in ``_full`` (FID/KID only) when the reference covers its whole dataset; a random reference
 subset is recorded as ``{"size", "seed", "fingerprint"}``. ``protocol`` names a fixed protocol such as
@@ -28,7 +28,7 @@ import torch
 from stylenat.metrics.distance import feature_stats, frechet_distance, kernel_distance
 from stylenat.metrics.distributed import rank_and_world
 from stylenat.metrics.extractors import FeatureExtractor, metric_name
-from stylenat.metrics.records import append_metric_record
+from stylenat.metrics.records import append_metric_record, new_run_id
 from stylenat.metrics.reference import ReferenceStats
 from stylenat.metrics.samples import GeneratorFn, generator_features
 
@@ -45,12 +45,12 @@ def evaluate_features(features: np.ndarray, reference: ReferenceStats, *, extrac
                       seed: int | None = None, truncation: float | None = None,
                       checkpoint: str | os.PathLike | None = None, cur_nimg: int | None = None,
                       start_time: float | None = None, run_dir: str | os.PathLike | None = None,
-                      protocol: str | None = None) -> list[dict]:
+                      protocol: str | None = None, run_id: str | None = None) -> list[dict]:
     """Records for the Fréchet distance (and KID if ``kid``) of ``features`` ``[N, D]`` to ``reference``.
 
-    ``seed``, ``truncation``, ``checkpoint`` and ``cur_nimg`` describe where the features came from
-    and are recorded as given; ``start_time`` (``time.time()`` when the evaluation began, default now)
-    sets the recorded wall time.
+    ``seed``, ``truncation``, ``checkpoint``, ``cur_nimg`` and ``run_id`` (default: a fresh one) describe
+    where the features came from and are recorded as given; ``start_time`` (``time.time()`` when the
+    evaluation began, default now) sets the recorded wall time.
     """
     start_time = time.time() if start_time is None else start_time
     reference.check_compatible(extractor)
@@ -68,7 +68,7 @@ def evaluate_features(features: np.ndarray, reference: ReferenceStats, *, extrac
                   truncation=None if truncation is None else float(truncation),
                   checkpoint=None if checkpoint is None else str(checkpoint), cur_nimg=cur_nimg,
                   kimg=None if cur_nimg is None else cur_nimg / 1000, world_size=world,
-                  wall_time_s=round(time.time() - start_time, 3), timestamp=time.time())
+                  run_id=run_id or new_run_id(), wall_time_s=round(time.time() - start_time, 3), timestamp=time.time())
     records = []
     for kind, value in values.items():
         name = metric_name(kind, extractor.name, len(features), reference.covers_dataset)
@@ -87,7 +87,7 @@ def evaluate_generator(generator: GeneratorFn, reference: ReferenceStats, *, ext
                        kid_subsets: int = 100, kid_subset_size: int = 1000,
                        checkpoint: str | os.PathLike | None = None, cur_nimg: int | None = None,
                        run_dir: str | os.PathLike | None = None, protocol: str | None = None,
-                       verbose: bool = True) -> list[dict]:
+                       run_id: str | None = None, verbose: bool = True) -> list[dict]:
     """Sample ``num_samples`` images (seeds ``seed + i``) and evaluate them against ``reference``.
 
     ``generator`` maps ``z`` ``[B, z_dim]`` to images in [-1, 1] with ``truncation`` already applied
@@ -104,4 +104,4 @@ def evaluate_generator(generator: GeneratorFn, reference: ReferenceStats, *, ext
     return evaluate_features(features, reference, extractor=extractor, kid=kid, kid_subsets=kid_subsets,
                              kid_subset_size=kid_subset_size, seed=seed, truncation=truncation,
                              checkpoint=checkpoint, cur_nimg=cur_nimg, start_time=start_time, run_dir=run_dir,
-                             protocol=protocol)
+                             protocol=protocol, run_id=run_id)

@@ -27,21 +27,26 @@ import os
 import re
 import warnings
 from pathlib import Path
+from types import ModuleType
 from typing import Protocol, runtime_checkable
 from unittest import mock
 
 import numpy as np
 import torch
-from cleanfid import inception_pytorch
-from cleanfid.inception_torchscript import InceptionV3W
-from cleanfid.resize import build_resizer
 from torch import Tensor, nn
 
 from stylenat.metrics.weights import find_inception_weights
+from stylenat.optional import require
 
 INCEPTION = "inception_v3"
 MODES = ("clean", "legacy_tensorflow", "legacy_pytorch")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def cleanfid_module(name: str) -> ModuleType:
+    """clean-fid's module ``name`` (``"cleanfid.resize"``, ...), imported on first use: without clean-fid
+    everything but its preprocessing and Inception (FID / KID) works."""
+    return require(name, "clean-fid", "clean-fid's preprocessing and Inception (FID / KID)")
 
 
 @runtime_checkable
@@ -115,6 +120,7 @@ class _PytorchFIDInception(nn.Module):
         super().__init__()
         # clean-fid builds this network only from a URL (torch hub); hand it the local file instead.
         state = torch.load(weights, map_location="cpu", weights_only=True)
+        inception_pytorch = cleanfid_module("cleanfid.inception_pytorch")
         with (mock.patch.object(inception_pytorch, "load_state_dict_from_url", lambda *args, **kwargs: state),
               warnings.catch_warnings()):
             warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")  # clean-fid's old API use
@@ -123,9 +129,6 @@ class _PytorchFIDInception(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """float ``[N, 3, 299, 299]`` in [0, 255] -> ``[N, 2048]`` (as clean-fid's ``pytorch_inception``)."""
         return self.net(x / 255)[0].squeeze(-1).squeeze(-1)
-
-
-_CLEANFID_INCEPTIONS = (InceptionV3W, _PytorchFIDInception)
 
 
 class CleanFIDExtractor:
@@ -141,14 +144,15 @@ class CleanFIDExtractor:
                  device: str | torch.device = "cpu"):
         if mode not in MODES:
             raise ValueError(f"unknown clean-fid mode {mode!r}; expected one of {MODES}")
-        if check_name(name) == INCEPTION and not isinstance(network, _CLEANFID_INCEPTIONS):
+        inceptions = (cleanfid_module("cleanfid.inception_torchscript").InceptionV3W, _PytorchFIDInception)
+        if check_name(name) == INCEPTION and not isinstance(network, inceptions):
             raise ValueError(f"the name {INCEPTION!r} is reserved for clean-fid's Inception "
                              "(build it with inception_extractor); name your network after itself")
         self.name, self.mode, self.feature_dim = name, mode, int(feature_dim)
         self.device = torch.device(device)
         self.network = network.eval().requires_grad_(False).to(self.device)
         with warnings.catch_warnings():  # clean-fid's torch resizer switches all warnings off process-wide
-            self._resize = build_resizer(mode)
+            self._resize = cleanfid_module("cleanfid.resize").build_resizer(mode)
 
     def __repr__(self) -> str:
         return f"CleanFIDExtractor(name={self.name!r}, mode={self.mode!r}, feature_dim={self.feature_dim})"
@@ -180,6 +184,7 @@ def inception_extractor(mode: str = "clean", weights: str | os.PathLike | None =
     else:
         with warnings.catch_warnings():  # clean-fid's file is TorchScript, whose loader torch now deprecates
             warnings.filterwarnings("ignore", message=r".*torch\.jit\.load", category=FutureWarning)
+            InceptionV3W = cleanfid_module("cleanfid.inception_torchscript").InceptionV3W
             network = InceptionV3W(str(path.parent), download=False, resize_inside=mode == "legacy_tensorflow")
     return CleanFIDExtractor(network, name=INCEPTION, feature_dim=2048, mode=mode, device=device)
 

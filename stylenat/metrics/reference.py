@@ -31,7 +31,6 @@ from collections.abc import Iterable, Sized
 from dataclasses import dataclass
 from pathlib import Path
 
-import cleanfid
 import numpy as np
 from torch.utils.data import Subset
 
@@ -39,7 +38,8 @@ from stylenat.metrics import weights
 from stylenat.metrics.datasets import dataset_features, fingerprint_path
 from stylenat.metrics.distance import feature_stats
 from stylenat.metrics.distributed import all_ranks_agree, is_local_leader
-from stylenat.metrics.extractors import INCEPTION, MODES, FeatureExtractor, check_name, extractor_digest
+from stylenat.metrics.extractors import (INCEPTION, MODES, FeatureExtractor, check_name, cleanfid_module,
+                                         extractor_digest)
 
 NAMED_STATS: dict[str, dict[int, tuple[str, ...]]] = {
     "ffhq": {256: ("trainval", "trainval70k"), 1024: ("trainval", "trainval70k")},
@@ -110,7 +110,7 @@ def named_reference_stats(name: str, resolution: int, split: str, *, mode: str =
     check_named_stats(name, resolution, split, mode)
     filename = f"{name}_{mode}_{split}_{resolution}.npz"
     ours = Path(cache_dir or stats_cache_dir()) / "cleanfid" / filename
-    theirs = Path(cleanfid.__file__).parent / "stats" / filename
+    theirs = Path(cleanfid_module("cleanfid").__file__).parent / "stats" / filename
     path = next((p for p in (ours, theirs) if p.is_file()), None)
     if path is None:
         url = CLEANFID_STATS_URL + filename

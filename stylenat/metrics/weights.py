@@ -42,8 +42,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-from cleanfid.downloads_helper import inception_url
-from cleanfid.inception_pytorch import FID_WEIGHTS_URL
+
+from stylenat.optional import require
 
 WEIGHTS_ENV = "STYLENAT_INCEPTION_WEIGHTS"
 
@@ -61,17 +61,24 @@ class InceptionWeightsMismatch(ValueError):
 
 @dataclass(frozen=True)
 class WeightsFile:
-    """One published weights file: its name, the URL clean-fid downloads it from, and its published
+    """One published weights file: its name, the clean-fid module and attribute that hold the URL clean-fid
+    downloads it from (read on first use, so this module imports without clean-fid), and its published
     SHA-256 (hex; a prefix where only that is published)."""
 
     name: str
-    url: str
+    url_module: str
+    url_attribute: str
     sha256: str
 
+    @property
+    def url(self) -> str:
+        return getattr(require(self.url_module, "clean-fid", "clean-fid's Inception weights"), self.url_attribute)
 
-TORCHSCRIPT = WeightsFile("inception-2015-12-05.pt", inception_url,
+
+TORCHSCRIPT = WeightsFile("inception-2015-12-05.pt", "cleanfid.downloads_helper", "inception_url",
                           "f58cb9b6ec323ed63459aa4fb441fe750cfe39fafad6da5cb504a16f19e958f4")
-PYTORCH_FID = WeightsFile("pt_inception-2015-12-05-6726825d.pth", FID_WEIGHTS_URL, "6726825d")
+PYTORCH_FID = WeightsFile("pt_inception-2015-12-05-6726825d.pth", "cleanfid.inception_pytorch", "FID_WEIGHTS_URL",
+                          "6726825d")
 WEIGHTS_FOR_MODE = {"clean": TORCHSCRIPT, "legacy_tensorflow": TORCHSCRIPT, "legacy_pytorch": PYTORCH_FID}
 
 

@@ -27,8 +27,9 @@ class UnsafeCheckpointError(ValueError):
     """A checkpoint that would need Python objects outside :data:`ALLOWED_GLOBALS` to load: refused."""
 
 
-def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
-    """``torch.load`` a user's file as data: weights only, :data:`ALLOWED_GLOBALS` allowed, no code run.
+def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """``torch.load`` a user's file as data: weights only, :data:`ALLOWED_GLOBALS` allowed, no code run;
+    ``mmap``: tensors are memory-mapped, read only when used.
 
     Raises :class:`UnsafeCheckpointError` (one line naming the file and the refused global) for a
     pickle that asks for anything else; other read errors propagate as ``torch.load`` raises them.
@@ -36,7 +37,7 @@ def load_torch_file(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     try:
         with torch.serialization.safe_globals(list(ALLOWED_GLOBALS)), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")  # a bare pickle: refused below anyway
-            return torch.load(path, map_location=map_location, weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         lines = [line.strip() for line in str(err).splitlines()]
         reason = next((line for line in lines if re.search(r"GLOBAL|Unsupported|not an allowed", line)),

@@ -3,16 +3,18 @@
 (``trainer.log_dir``, else ``trainer.default_root_dir``), written by rank 0.
 
     KimgSchedule        when the callbacks below act
-    ImageGrids          reals.png at start, fakes_init.png, fakes<kimg:06d>.png: fixed latents through G_ema;
+    ImageGrids          reals.png at start, fakes_init.png, fakes<kimg>.png: fixed latents through G_ema;
                         also to TensorBoard (step = kimg)
-    GeneratorExport     network-snapshot-<kimg:06d>.safetensors and generator.safetensors (the latest): G_ema
+    GeneratorExport     network-snapshot-<kimg>.safetensors and generator.safetensors (the latest): G_ema
                         and its config, for ``load_generator``; also at extra kimg marks
     KimgCheckpoint      Lightning's ModelCheckpoint writing last.ckpt every N kimg and when training ends, and a
-                        kept kimg<kimg:06d>.ckpt at extra kimg marks
+                        kept kimg<kimg>.ckpt at extra kimg marks
     KimgProgressBar     the training bar in kimg, with rate and ETA
     CPUThreads          torch's intra-op thread count for the run (CPU demos on shared machines)
     AtomicCheckpointIO  checkpoints go to a temporary file beside the target, are fsynced, then renamed over it;
                         they are read back as data (no pickle code runs)
+
+``<kimg>`` in file names is :func:`kimg_label`: ``000012`` at a whole kimg, ``000000.016`` between.
 """
 
 from __future__ import annotations
@@ -50,6 +52,16 @@ def crossed(nimg_before: int, nimg_after: int, every_kimg: float | None) -> bool
         return False
     every_nimg = max(round(every_kimg * 1000), 1)
     return nimg_after // every_nimg > nimg_before // every_nimg
+
+
+def kimg_label(nimg: int) -> str:
+    """The kimg in snapshot file names: exact and distinct for every ``nimg``, sorting in training order.
+
+    >>> kimg_label(12000), kimg_label(16), kimg_label(1234567)
+    ('000012', '000000.016', '001234.567')
+    """
+    whole, rest = divmod(int(nimg), 1000)
+    return f"{whole:06d}" if rest == 0 else f"{whole:06d}.{rest:03d}"
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -143,7 +155,7 @@ class KimgScheduled:
 
 class ImageGrids(KimgScheduled, Callback):
     """Sample grids: ``reals.png`` (a seeded choice of training images) when training starts,
-    ``fakes_init.png`` before the first step, and ``fakes<kimg:06d>.png`` every ``every_kimg`` and at the end,
+    ``fakes_init.png`` before the first step, and ``fakes<kimg>.png`` every ``every_kimg`` and at the end,
     all from the same fixed latents through ``G_ema`` (no truncation). Also logged to every TensorBoard logger
     under ``reals`` and ``fakes`` with the kimg as step.
 
@@ -178,7 +190,7 @@ class ImageGrids(KimgScheduled, Callback):
 
     def _act(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
-            name = f"fakes{pl_module.cur_nimg // 1000:06d}.png"
+            name = f"fakes{kimg_label(pl_module.cur_nimg)}.png"
             self._write(trainer, pl_module, "fakes", name, self._fakes(pl_module))
 
     def _side(self, pl_module: L.LightningModule) -> int:
@@ -207,7 +219,7 @@ def _image(item: Any) -> Tensor:
 
 
 class GeneratorExport(KimgScheduled, Callback):
-    """Export ``G_ema`` with :func:`stylenat.models.save_generator` as ``network-snapshot-<kimg:06d>.safetensors``
+    """Export ``G_ema`` with :func:`stylenat.models.save_generator` as ``network-snapshot-<kimg>.safetensors``
     and ``generator.safetensors`` (always the latest) every ``every_kimg`` (None: never), when training reaches
     each of ``marks_kimg`` and when training ends. The export records ``cur_nimg`` and the resize filter that
     ``stylenat prepare`` recorded for the training data (``data_resize_filter``; ``stylenat fid`` warns when it
@@ -228,7 +240,7 @@ class GeneratorExport(KimgScheduled, Callback):
         data_path = getattr(trainer.datamodule, "hparams", {}).get("path")
         info = {"cur_nimg": pl_module.cur_nimg,
                 "data_resize_filter": None if data_path is None else prepared_filter(data_path)}
-        for name in (f"network-snapshot-{pl_module.cur_nimg // 1000:06d}.safetensors", "generator.safetensors"):
+        for name in (f"network-snapshot-{kimg_label(pl_module.cur_nimg)}.safetensors", "generator.safetensors"):
             save_generator(pl_module.G_ema, self._dir / name, hp.generator, dict(hp.generator_kwargs or {}), info)
 
 
@@ -238,7 +250,7 @@ class KimgCheckpoint(KimgScheduled, ModelCheckpoint):
     save at the end once it has saved before). ``--ckpt_path last`` finds the file in ``dirpath`` (default: the
     run directory's ``checkpoints/``). Uses ModelCheckpoint's private ``_save_last_checkpoint``, which keeps its
     bookkeeping (``last_model_path``, loggers notified) as the stock triggers do. When a step reaches one of
-    ``marks_kimg``, the state is also kept as ``kimg<kimg:06d>.ckpt`` beside ``last.ckpt``, never overwritten by
+    ``marks_kimg``, the state is also kept as ``kimg<kimg>.ckpt`` beside ``last.ckpt``, never overwritten by
     later saves (e.g. 60160: the released FFHQ-256 model's 940k iterations of 64 images).
 
     Args:
@@ -259,7 +271,7 @@ class KimgCheckpoint(KimgScheduled, ModelCheckpoint):
             return
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         if self.schedule.at_mark(pl_module.cur_nimg):  # every rank calls it; the strategy writes once
-            trainer.save_checkpoint(Path(self.dirpath) / f"kimg{pl_module.cur_nimg // 1000:06d}.ckpt")
+            trainer.save_checkpoint(Path(self.dirpath) / f"kimg{kimg_label(pl_module.cur_nimg)}.ckpt")
 
 
 class KimgProgressBar(TQDMProgressBar):
@@ -351,8 +363,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException as err:
             Path(tmp).unlink(missing_ok=True)
+            if isinstance(err, OSError) and err.filename is None:  # a full disk: say which file did not fit
+                raise OSError(err.errno, err.strerror, str(path)) from err
             raise
         folder = os.open(path.parent, os.O_RDONLY)
         try:

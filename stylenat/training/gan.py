@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -240,6 +241,8 @@ class StyleNATGAN(L.LightningModule):
 
     def on_train_start(self) -> None:
         if self.done:  # resumed from a finished run
+            rank_zero_info(f"already finished at {self.cur_nimg / 1000:g} kimg (model.total_kimg is "
+                           f"{self.hparams.total_kimg:g}); nothing to train")
             self.trainer.should_stop = True
 
     def on_train_batch_end(self, outputs: Any, batch: Tensor, batch_idx: int) -> None:

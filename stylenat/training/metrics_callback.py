@@ -12,8 +12,10 @@ of training, ``num_samples_final`` of them. Every rank takes part (the metrics p
 sampling out under DDP and gathers the features). Each record is logged to the trainer's loggers as
 ``metrics/<name>`` at the global step and appended (rank 0) to ``<run_dir>/metric-<name>.jsonl`` with its
 full protocol. With ``monitor_best``, whenever the first configured metric of a periodic evaluation
-improves, ``<run_dir>/checkpoints/best.ckpt`` is written through ``trainer.save_checkpoint``; the best
-value is part of the callback's checkpointed state, so a resumed run keeps comparing against it.
+improves, ``<run_dir>/checkpoints/best.ckpt`` is written through ``trainer.save_checkpoint``. The best
+value and the run id that every record carries are part of the callback's checkpointed state, so a resumed
+run keeps comparing against the best and an evaluation it redoes supersedes the earlier record
+(:func:`stylenat.metrics.read_metric_records`).
 
 Metric words: ``"fid"`` is the Fréchet distance (measured at every evaluation), ``"kid"`` the kernel
 distance, both in the extractor's features. Only clean-fid's Inception gives records called
@@ -38,7 +40,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from stylenat.data.prepare import prepared_filter
 from stylenat.metrics import FeatureExtractor, ReferenceStats, evaluate_generator, metric_name
-from stylenat.metrics import build_extractor, build_reference, resolve_protocol, warn_if_filters_differ
+from stylenat.metrics import (build_extractor, build_reference, new_run_id, resolve_protocol,
+                              warn_if_filters_differ)
 
 METRIC_KINDS = {"fid": "fd", "kid": "kd"}
 BEST_CHECKPOINT = Path("checkpoints") / "best.ckpt"
@@ -99,6 +102,7 @@ class MetricsCallback(Callback):
         self.seed, self.truncation, self.batch_size = seed, self.settings.truncation, batch_size
         self.monitor_best, self.run_dir = monitor_best, None if run_dir is None else Path(run_dir)
         self.best = math.inf
+        self.run_id = new_run_id()
         self._tick = 0  # evaluations happen when cur_nimg // every_nimg passes this
         self._extractor: FeatureExtractor | None = None
         self._reference: ReferenceStats | None = None
@@ -112,10 +116,11 @@ class MetricsCallback(Callback):
         return self.run_dir / BEST_CHECKPOINT
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best}
+        return {"best": self.best, "run_id": self.run_id}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = state_dict["best"]
+        self.run_id = state_dict.get("run_id", self.run_id)  # checkpoints from before run ids had none
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.run_dir is None:  # every rank calls setup, and log_dir is broadcast from rank 0
@@ -164,7 +169,7 @@ class MetricsCallback(Callback):
                                          z_dim=G.z_dim, batch_size=self.batch_size, device=pl_module.device,
                                          truncation=self.truncation, kid="kid" in self.metrics,
                                          cur_nimg=pl_module.cur_nimg, run_dir=self.run_dir,
-                                         protocol=self.settings.protocol)
+                                         protocol=self.settings.protocol, run_id=self.run_id)
         finally:
             G.train(was_training)
         for logger in trainer.loggers:  # loggers write on rank 0 only

@@ -27,7 +27,7 @@ def test_folder_round_trip(image_folder, tmp_path):
     meta = dataset_json(out)
     assert meta["labels"] is None
     assert meta["prepare"] == {"source": str(image_folder), "resolution": 16, "filter": "box",
-                               "center_crop": True, "skipped": []}
+                               "center_crop": True, "alpha_background": "white", "skipped": []}
     source, copy = open_dataset(image_folder, 16, filter="box"), ZipDataset(out, 16)
     assert copy.info["prepare"]["filter"] == "box"
     for i in range(6):  # PNG is lossless: the zip holds exactly what the source dataset produced

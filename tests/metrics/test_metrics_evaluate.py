@@ -50,7 +50,8 @@ def test_generator_against_folder_matches_cleanfid(tmp_path):
         "reference": reference.label, "reference_source": str(real), "reference_images": N,
         "reference_subset": None,
         "num_samples": N, "seed": 3, "truncation": 1.0, "checkpoint": "run/g.pt", "cur_nimg": 12_000,
-        "kimg": 12.0, "world_size": 1, "wall_time_s": 0, "timestamp": 0}
+        "kimg": 12.0, "world_size": 1, "run_id": fd["run_id"], "wall_time_s": 0, "timestamp": 0}
+    assert len(fd["run_id"]) == 12 and kd["run_id"] == fd["run_id"]  # one evaluation, one run id
     assert kd["kid_subsets"] == 1 and kd["kid_subset_size"] == 1000
 
 

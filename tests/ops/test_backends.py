@@ -67,6 +67,24 @@ def test_cpu_half_inputs_computed_in_float32(dtype):
     torch.testing.assert_close(out.float(), expected, rtol=0, atol={torch.float16: 1e-2, torch.bfloat16: 5e-2}[dtype])
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpu", "flex"])
+@pytest.mark.parametrize("rpb_dtype", [torch.float64, torch.float16])
+def test_rpb_of_another_dtype_is_cast_to_the_dtype_of_q(backend, rpb_dtype):
+    """The documented rule, the same in every op and backend: an rpb of any floating dtype is used as
+    rpb.to(q.dtype); its gradient comes back in the rpb's own dtype."""
+    q, k, v, rpb = (t.float() for t in make_inputs(1, 2, 9, 9, 8, (3, 3), (2, 2), True))
+    rpb = rpb.to(rpb_dtype).requires_grad_(backend != "flex")
+    out = natten_ops.na2d(q, k, v, 3, 2, rpb=rpb, backend=backend)
+    expected = natten_ops.na2d(q, k, v, 3, 2, rpb=rpb.detach().float(), backend="reference")
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+    if backend != "flex":  # flex has no CPU backward
+        assert torch.autograd.grad(out.sum(), rpb)[0].dtype == rpb_dtype
+        logits = natten_ops.na2d_qk(q, k, 3, 2, rpb=rpb, backend=backend)
+        torch.testing.assert_close(logits, natten_ops.na2d_qk(q, k, 3, 2, rpb=rpb.detach().float(), backend="reference"),
+                                   rtol=0, atol=1e-5)
+        assert torch.autograd.grad(logits.sum(), rpb)[0].dtype == rpb_dtype
+
+
 def test_flex_forward_matches_reference():
     for B, heads, H, W, D, kernel, dilation, with_rpb in CASES[:4]:
         q, k, v, rpb = make_inputs(B, heads, H, W, D, kernel, dilation, with_rpb, dtype=torch.float32)

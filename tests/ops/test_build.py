@@ -25,6 +25,48 @@ def test_build_key_follows_sources_and_flags(tmp_path, monkeypatch):
     assert _build.build_key(ext) != key
 
 
+@pytest.mark.parametrize("ext", [_build.CPU_EXTENSION, _build.CUDA_HARNESS_EXTENSION], ids=lambda e: e.name)
+def test_build_key_hashes_every_file_under_csrc(ext, tmp_path, monkeypatch):
+    """No hand-kept header list: editing or adding any file under csrc/ changes every module's key."""
+    shutil.copytree(_build.CSRC, tmp_path / "csrc")
+    monkeypatch.setattr(_build, "CSRC", tmp_path / "csrc")
+    keys = {_build.build_key(ext)}
+    for path in sorted((tmp_path / "csrc").rglob("*.h")):
+        path.write_text(path.read_text() + "\n// edited\n")
+        keys.add(_build.build_key(ext))
+    (tmp_path / "csrc" / "cpu" / "new_kernel.h").write_text("// new\n")
+    keys.add(_build.build_key(ext))
+    assert len(keys) == len(list((tmp_path / "csrc").rglob("*.h"))) + 1
+
+
+def test_cpu_flags_are_in_the_key_of_native_builds_only(monkeypatch):
+    keys = {ext.name: _build.build_key(ext) for ext in (_build.CPU_EXTENSION, _build.CUDA_HARNESS_EXTENSION)}
+    monkeypatch.setattr(_build, "_cpu_flags", lambda: "flags : another processor")
+    assert _build.build_key(_build.CPU_EXTENSION) != keys["natten_ops_cpu"]  # -march=native
+    assert _build.build_key(_build.CUDA_HARNESS_EXTENSION) == keys["natten_ops_cuda_harness"]
+
+
+def test_cuda_build_leaves_cuda_home_as_it_was(tmp_path, monkeypatch):
+    """The CUDA build points torch at the toolkit it found only while it compiles."""
+    from torch.utils import cpp_extension
+
+    seen = {}
+
+    def fake_load(**kwargs):
+        seen["home"], seen["archs"] = cpp_extension.CUDA_HOME, os.environ.get(_build.ARCH_ENV)
+        raise RuntimeError("compiler stub")
+
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", "/somewhere/else")
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+    monkeypatch.setattr(_build, "cuda_home", lambda: tmp_path / "cuda")
+    monkeypatch.delenv(_build.ARCH_ENV, raising=False)
+    ext = _build.Extension("fake_cuda", ("cuda/na2d_cuda.cu",), ("-O3",), with_cuda=True, extra=("9.0",))
+    with pytest.raises(RuntimeError, match="compiler stub"):
+        _build._compile(ext, tmp_path)
+    assert seen == {"home": str(tmp_path / "cuda"), "archs": "9.0"}
+    assert cpp_extension.CUDA_HOME == "/somewhere/else" and _build.ARCH_ENV not in os.environ
+
+
 def test_missing_toolchain_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("NATTEN_OPS_CACHE", str(tmp_path))
     monkeypatch.setattr(_build, "_loaded", {})
@@ -49,7 +91,7 @@ def test_two_processes_building_at_once_build_once(tmp_path):
         assert out.strip() == "[0, 0, 1, 2, 3, 4, 4]"
     assert sum("building natten_ops_cpu" in err for _, err in results) == 1  # the other waited and loaded
     folders = [p.name for p in tmp_path.iterdir() if p.is_dir()]
-    assert folders == [_build.module_path(_build.CPU_EXTENSION).parent.name]  # no staging folders left
+    assert folders == [_build.module_path(_build.cpu_extension()).parent.name]  # no staging folders left
 
 
 def test_module_report_lists_backends():
@@ -63,7 +105,7 @@ def test_module_report_lists_backends():
 def test_module_build_command():
     result = subprocess.run([sys.executable, "-m", "natten_ops", "build"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert str(_build.module_path(_build.CPU_EXTENSION)) in result.stdout
+    assert str(_build.module_path(_build.cpu_extension())) in result.stdout
 
 
 def test_cuda_architectures_come_from_the_environment_or_a_clear_error(monkeypatch):

@@ -43,6 +43,21 @@ def test_bad_input(backend, call, error, message):
         call(q, k, v, backend)
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpu", "flex"])
+@pytest.mark.parametrize("op", ["na2d", "na2d_grouped", "na2d_qk", "na2d_av"])
+def test_head_dim_zero_is_a_clear_error(op, backend):
+    """An empty head_dim is refused up front (na2d used to divide by zero computing the default scale)."""
+    q, k, v = qkv(D=0)
+    call = {
+        "na2d": lambda: natten_ops.na2d(q, k, v, 3, backend=backend),
+        "na2d_grouped": lambda: natten_ops.na2d_grouped(q, k, v, [HeadGroup(2, 3)], scale=1.0, backend=backend),
+        "na2d_qk": lambda: natten_ops.na2d_qk(q, k, 3, backend=backend),
+        "na2d_av": lambda: natten_ops.na2d_av(torch.rand(1, 2, 8, 8, 9), v, 3, backend=backend),
+    }[op]
+    with pytest.raises(ValueError, match=r"(q|v) has head_dim 0 \(shape \(1, 2, 8, 8, 0\)\); head_dim must be >= 1"):
+        call()
+
+
 def test_unknown_backend():
     with pytest.raises(ValueError, match="backend must be 'auto' or one of"):
         natten_ops.na2d(*qkv(), 3, backend="natten")

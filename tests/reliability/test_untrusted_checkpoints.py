@@ -8,12 +8,14 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
 from stylenat.cli import main
 from stylenat.models.nat import create_model
 from stylenat.models.safe_load import UnsafeCheckpointError, load_torch_file
+from stylenat.training.callbacks import use_safe_checkpoint_io
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -96,18 +98,25 @@ def test_create_model_pretrained_refuses_it(marker, tmp_path):
 
 
 @pytest.mark.parametrize("ckpt_path", ["last", "file"])
-def test_resume_never_runs_a_planted_checkpoint(marker, tmp_path, ckpt_path, monkeypatch):
-    """``stylenat fit --ckpt_path last`` (resolved by Lightning to the run's checkpoints/last.ckpt, loaded through
-    its checkpoint plugin, which the CLI makes ours) and ``--ckpt_path FILE`` (LightningCLI reads it first)."""
+def test_resume_never_runs_a_planted_checkpoint(marker, tmp_path, ckpt_path, monkeypatch, capsys):
+    """``stylenat fit --ckpt_path last`` (resolved to the run's checkpoints/last.ckpt) and ``--ckpt_path FILE``
+    (which LightningCLI reads first): the file is read as data before anything else and refused in one line."""
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
     planted = lightning_shaped(marker, run_dir / "checkpoints" / "last.ckpt")  # where the config's ModelCheckpoint writes
     monkeypatch.chdir(tmp_path)
-    refusal = UnsafeCheckpointError if ckpt_path == "last" else pickle.UnpicklingError  # ours / LightningCLI's
-    with pytest.raises(refusal):
-        main(["fit", "--config", str(CONFIGS / "nat_digits.yaml"), "--trainer.default_root_dir", str(run_dir),
-              "--trainer.logger", "false", "--trainer.max_epochs", "1",
-              "--ckpt_path", "last" if ckpt_path == "last" else str(planted)])
+    assert main(["fit", "--config", str(CONFIGS / "nat_digits.yaml"), "--trainer.default_root_dir", str(run_dir),
+                 "--trainer.logger", "false", "--trainer.max_epochs", "1",
+                 "--ckpt_path", "last" if ckpt_path == "last" else str(planted)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"stylenat fit: error: checkpoint {planted}") and "refused" in err
+
+
+def test_the_resume_loader_refuses_it_even_past_the_cli(marker, tmp_path):
+    """Lightning's own resume path (the checkpoint plugin the CLI installs) refuses it too."""
+    planted = lightning_shaped(marker, tmp_path / "last.ckpt")
+    with pytest.raises(UnsafeCheckpointError):
+        use_safe_checkpoint_io(L.Trainer(logger=False, enable_checkpointing=False)).strategy.load_checkpoint(planted)
 
 
 def test_our_own_checkpoints_still_load(tmp_path):

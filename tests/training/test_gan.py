@@ -225,8 +225,9 @@ def test_a_few_steps_train_log_checkpoint_and_export(tmp_path):
     assert not torch.equal(model.G_ema.synthesis.const, model.G.synthesis.const)  # an average, not a copy
 
     files = sorted(p.name for p in tmp_path.iterdir() if p.is_file() and not p.name.startswith("events"))
-    assert files == ["fakes000000.png", "fakes_init.png", "generator.safetensors", "hparams.yaml",
-                     "network-snapshot-000000.safetensors", "reals.png"]
+    assert files == ["fakes000000.016.png", "fakes000000.032.png", "fakes_init.png", "generator.safetensors",
+                     "hparams.yaml", "network-snapshot-000000.016.safetensors",
+                     "network-snapshot-000000.032.safetensors", "reals.png"]  # every 16 images, distinct names
     assert Image.open(tmp_path / "fakes_init.png").size == (8 * 16, 8 * 16)
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["cur_nimg"] == 8 * BATCH and checkpoint["hyper_parameters"]["generator"] == "demo"
@@ -341,11 +342,11 @@ def test_gan_configs_parse(name, capsys, monkeypatch):
     assert "use_distributed_sampler: false" in printed
 
 
-def test_missing_dataset_fails_at_parse_time_naming_the_path(tmp_path, monkeypatch):
+def test_missing_dataset_fails_at_parse_time_naming_the_path(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["stylenat"])
-    with pytest.raises(ValueError, match="missing.zip' does not exist"):
-        cli_main(["fit", "--config", str(CONFIGS / "demo.yaml"), "--data.path", str(tmp_path / "missing.zip"),
-                  "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"])
+    assert cli_main(["fit", "--config", str(CONFIGS / "demo.yaml"), "--data.path", str(tmp_path / "missing.zip"),
+                     "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"]) == 2
+    assert "missing.zip' does not exist" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # no run was started
 
 

@@ -74,7 +74,8 @@ def test_trainer_run_logs_records_and_keeps_the_best(tmp_path):
     assert "metrics/kd_tiny12" in events.Tags()["scalars"]
 
     best = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=False)
-    assert best["callbacks"][callback.state_key] == {"best": during[0]["value"]}
+    assert best["callbacks"][callback.state_key] == {"best": during[0]["value"], "run_id": callback.run_id}
+    assert {r["run_id"] for r in during} == {callback.run_id}
     assert torch.equal(module.G_ema.mapping.w_avg, w_avg)  # sampled in eval mode: no w_avg update
     assert module.G_ema.training  # and put back in the mode it was in
 

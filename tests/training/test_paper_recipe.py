@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import yaml
 
 from stylenat.cli import main as cli_main
-from stylenat.training.callbacks import CPUThreads, KimgCheckpoint, KimgSchedule, crossed_mark
+from stylenat.training.callbacks import CPUThreads, KimgCheckpoint, KimgSchedule, crossed_mark, kimg_label
 from stylenat.training.gan import update_ema
 
 from test_gan import BATCH, CONFIGS, make_data, make_gan
@@ -133,11 +133,11 @@ def test_marks_keep_a_checkpoint_and_an_export(tmp_path):
                         callbacks=[KimgCheckpoint(every_n_kimg=100, marks_kimg=[3 * BATCH / 1000]), CPUThreads(1)],
                         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
     trainer.fit(model, datamodule=make_data())
-    kept = torch.load(tmp_path / "checkpoints" / "kimg000000.ckpt", weights_only=False)
+    kept = torch.load(tmp_path / "checkpoints" / f"kimg{kimg_label(3 * BATCH)}.ckpt", weights_only=False)
     assert kept["cur_nimg"] == 3 * BATCH  # the state at the mark, not overwritten by the later last.ckpt
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["cur_nimg"] == 6 * BATCH
-    assert (tmp_path / "network-snapshot-000000.safetensors").is_file()
+    assert (tmp_path / f"network-snapshot-{kimg_label(3 * BATCH)}.safetensors").is_file()
 
 
 @pytest.mark.parametrize("name", ["ffhq256.yaml", "ffhq1024.yaml", "church256.yaml"])
