@@ -303,12 +303,15 @@ class Generator(nn.Module):
 
     def mix_styles(self, ws: Tensor, psi: float = 1.0, cutoff: Optional[int] = None) -> Tensor:
         """With probability ``style_mixing_prob``: ``ws[:, c:]`` <- the ws of fresh latents, with
-        ``c ~ U{1, ..., num_ws - 1}`` (one draw per batch, as StyleGAN2). Otherwise ``ws`` unchanged."""
-        if torch.rand(()).item() >= self.style_mixing_prob:
-            return ws
-        c = int(torch.randint(1, self.num_ws, ()))
+        ``c ~ U{1, ..., num_ws - 1}`` (one draw per batch, as StyleGAN2). Otherwise ``ws`` unchanged.
+
+        Decided on the device without reading the draws back (no host sync, no graph break under
+        ``torch.compile``): the fresh ws are always computed and selected per style input."""
+        mix = torch.rand((), device=ws.device) < self.style_mixing_prob
+        c = torch.randint(1, self.num_ws, (), device=ws.device)
         other = self.mapping(torch.randn(ws.shape[0], self.z_dim, device=ws.device), psi, cutoff, update_w_avg=False)
-        return torch.cat([ws[:, :c], other[:, c:]], dim=1)
+        take_other = mix & (torch.arange(self.num_ws, device=ws.device) >= c)  # [num_ws]
+        return torch.where(take_other[None, :, None], other, ws)
 
     def extra_repr(self) -> str:
         return f"size={self.size}, z_dim={self.z_dim}, w_dim={self.w_dim}, style_mixing_prob={self.style_mixing_prob}"

@@ -148,6 +148,10 @@ class StyleNATGAN(L.LightningModule):
         allow_tf32: on CUDA, let float32 matmuls and convolutions use TF32 tensor cores (the recipe's
             "fp32/TF32" default); False keeps them in strict float32. Set for the run by the
             :class:`~stylenat.training.callbacks.TF32` callback and restored after it.
+        compile: run G and D through ``torch.compile`` in the training steps (True: the default inductor
+            backend; a string names another torch.compile backend, e.g. ``"aot_eager"``). R1 keeps the eager
+            D (it differentiates D twice, which compiled graphs do not support); G_ema samples eagerly.
+            Off by default until a GPU run shows the gain.
     """
 
     def __init__(self, generator: str = "ffhq256", generator_kwargs: dict[str, Any] | None = None,
@@ -159,7 +163,8 @@ class StyleNATGAN(L.LightningModule):
                  decay_lr_ratio: float | None = None, pixel_space: str = "minus1_1",
                  style_mixing_prob: float = 0.0, total_kimg: float = 64_000.0,
                  image_snapshot_kimg: float | None = 200.0, export_snapshot_kimg: float | None = 1000.0,
-                 export_marks_kimg: Sequence[float] = (), rng_seed: int = 0, allow_tf32: bool = True):
+                 export_marks_kimg: Sequence[float] = (), rng_seed: int = 0, allow_tf32: bool = True,
+                 compile: bool | str = False):
         super().__init__()
         generator_kwargs, discriminator_kwargs = dict(generator_kwargs or {}), dict(discriminator_kwargs or {})
         _check_args(locals())
@@ -174,6 +179,12 @@ class StyleNATGAN(L.LightningModule):
         self._fold = fold  # moved to the training device on first use
         self.G_ema: Generator = frozen_copy(self.G)
         self.G_ema.load_state_dict(fold_output(self.G_ema.state_dict(), fold))
+        # What the training steps call: G and D, or their compiled forms (in a dict, so they are not
+        # registered as submodules: the checkpoint keeps the plain G and D keys).
+        self.nets = {"G": self.G, "D": self.D}
+        if compile:
+            backend = "inductor" if compile is True else compile
+            self.nets = {name: torch.compile(net, backend=backend) for name, net in self.nets.items()}
         self.automatic_optimization = False
         self.lr_g = lr_d / 4 if lr_g is None else lr_g
         self.r1_ratio = r1_interval / (r1_interval + 1) if r1_gamma > 0 else 1.0  # lazy R1's Adam adjustment
@@ -274,7 +285,7 @@ class StyleNATGAN(L.LightningModule):
         """The D step's terms on reals and fakes already in D's pixel space: ``Loss/D`` (logistic), ``Loss/bcr``
         (weighted, both sides; bCR's augmentations draw from the global generators) and the mean logits."""
         hp = self.hparams
-        real_logits, fake_logits = self.D(real), self.D(fake)
+        real_logits, fake_logits = self.nets["D"](real), self.nets["D"](fake)
         loss = d_logistic_loss(real_logits, fake_logits)
         loss_bcr = self._bcr(real, real_logits, hp.bcr_real) + self._bcr(fake, fake_logits, hp.bcr_fake)
         return {"Loss/D": loss, "Loss/bcr": loss_bcr, "Logits/real": real_logits.mean(),
@@ -284,7 +295,7 @@ class StyleNATGAN(L.LightningModule):
         hp = self.hparams
         with self.toggled_optimizer(opt_d):
             with torch.no_grad():
-                fake = self.G(self._latents(real.shape[0]), update_w_avg=True)
+                fake = self.nets["G"](self._latents(real.shape[0]), update_w_avg=True)
                 self._average_w_avg()
             logs = self.d_loss_terms(self.d_input(real), fake)
             opt_d.zero_grad(set_to_none=True)
@@ -300,7 +311,7 @@ class StyleNATGAN(L.LightningModule):
         """``weight * mean (D(aug(images)) - logits)^2``; a zero when ``weight`` is 0."""
         if weight <= 0:
             return logits.new_zeros(())
-        return weight * consistency_loss(self.D(bcr_augment(images)), logits)
+        return weight * consistency_loss(self.nets["D"](bcr_augment(images)), logits)
 
     def r1_term(self, real: Tensor) -> Tensor:
         """The raw R1 penalty of reals ``[B, 3, R, R]`` in [-1, 1]: the gradient is taken with respect to D's
@@ -318,8 +329,8 @@ class StyleNATGAN(L.LightningModule):
 
     def _g_step(self, batch_size: int, opt_g: LightningOptimizer) -> dict[str, Tensor]:
         with self.toggled_optimizer(opt_g):
-            fake = self.G(self._latents(batch_size), update_w_avg=False)
-            loss = g_nonsaturating_loss(self.D(fake))
+            fake = self.nets["G"](self._latents(batch_size), update_w_avg=False)
+            loss = g_nonsaturating_loss(self.nets["D"](fake))
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             opt_g.step()
@@ -401,5 +412,9 @@ def _check_args(args: dict[str, Any]) -> None:
         problems.append(f"model.export_marks_kimg must be > 0, got {list(args['export_marks_kimg'])}")
     if not 0 <= args["style_mixing_prob"] <= 1:
         problems.append(f"model.style_mixing_prob must be in [0, 1], got {args['style_mixing_prob']}")
+    backends = torch.compiler.list_backends(exclude_tags=())
+    if not isinstance(args["compile"], bool) and args["compile"] not in backends:
+        problems.append(f"model.compile must be true, false or a torch.compile backend ({', '.join(backends)}), "
+                        f"got {args['compile']!r}")
     if problems:
         raise ValueError("; ".join(problems))
