@@ -5,30 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import torch
-
-import natten_ops
-from natten_ops import _build
-from natten_ops.functional import AUTO_NOTES, AUTO_ORDER, BACKENDS, unavailable_reason
-
-
-def report() -> int:
-    print(f"natten_ops {natten_ops.__version__} (torch {torch.__version__})")
-    print(f"kernel cache: {_build.cache_root()}")
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    for device in devices:
-        print(f"\n{device}: backend='auto' tries {', '.join(AUTO_ORDER[device])}")
-        if device in AUTO_NOTES:
-            print(f"  ({AUTO_NOTES[device]})")
-        for name in BACKENDS:
-            reason = unavailable_reason(name, "na2d", device)
-            print(f"  {name:<10} {'available' if reason is None else 'unavailable: ' + reason}")
-    if not torch.cuda.is_available():
-        toolkit = _build.cuda_home()
-        print("\ncuda: no GPU visible to torch; the CUDA kernels "
-              + (f"can still be compiled here ({toolkit}): python -m natten_ops build --cuda" if toolkit
-                 else "need a CUDA toolkit to compile (set CUDA_HOME)"))
-    return 0
+from natten_ops import _build, report
 
 
 def build(args) -> int:
@@ -52,7 +29,10 @@ def main(argv=None) -> int:
     build_parser.add_argument("--cuda", action="store_true",
                               help="also build the CUDA kernels (for $TORCH_CUDA_ARCH_LIST or the visible GPUs)")
     args = parser.parse_args(argv)
-    return build(args) if args.command == "build" else report()
+    if args.command == "build":
+        return build(args)
+    print(report())
+    return 0
 
 
 if __name__ == "__main__":

@@ -226,6 +226,18 @@ def module_path(ext: Extension) -> Path:
     return cache_root() / f"{ext.name}-{build_key(ext)}" / f"{ext.name}.so"
 
 
+BUILT, BUILDABLE = "built", "buildable (not built yet)"
+
+
+def build_status(ext: Extension) -> str:
+    """Whether ``ext`` can be used, without compiling anything: ``BUILT`` (loaded, or current in the
+    cache), ``BUILDABLE`` (the first use will compile it) or ``"unavailable: <what is missing>"``."""
+    if ext.name in _loaded or module_path(ext).exists():
+        return BUILT
+    missing = missing_tools(ext)
+    return BUILDABLE if not missing else "unavailable: cannot build it here: missing " + "; ".join(missing)
+
+
 def load(ext: Extension) -> ModuleType:
     """Return the compiled module for ``ext``, building it first if the cache has no current copy."""
     if ext.name in _loaded:

@@ -1,4 +1,5 @@
-"""The public neighborhood-attention functions: argument checks, backend choice and autograd.
+"""The public neighborhood-attention functions: argument checks and backend choice (the compiled kernels,
+their custom ops and autograd live in ``natten_ops.custom_ops``).
 
 Every call is validated here, once, with errors that name the argument and show the values; backends
 only ever see normalised arguments (``HeadGroup`` lists with pair-valued kernel sizes and dilations).
@@ -11,10 +12,10 @@ from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from natten_ops import _build, flex, reference
 from natten_ops import triton as triton_backend
+from natten_ops.custom_ops import CompiledBackend
 from natten_ops.groups import HeadGroup, IntOrPair, as_pair
 
 logger = logging.getLogger("natten_ops")
@@ -106,117 +107,7 @@ def _check_backend(backend) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Compiled kernels (CPU now; CUDA shares the interface) behind autograd Functions
-
-
-def _group_table(groups: Sequence[HeadGroup]) -> Tensor:
-    """``[G, 6]`` int64 = (head_begin, head_end, kh, kw, dh, dw): how the kernels read head groups."""
-    rows, head = [], 0
-    for g in groups:
-        rows.append([head, head + g.heads, *g.kernel_size, *g.dilation])
-        head += g.heads
-    return torch.tensor(rows, dtype=torch.int64)
-
-
-_NO_BIAS = torch.empty(0)
-
-
-class _FusedNA2D(torch.autograd.Function):
-    """Fused NA: the forward saves (out, lse), the backward recomputes the attention weights."""
-
-    @staticmethod
-    def forward(ctx, ext, table: Tensor, scale: float, q: Tensor, k: Tensor, v: Tensor, *rpbs):
-        biases = [r if r is not None else _NO_BIAS.to(q) for r in rpbs]
-        out, lse = ext.na2d_forward(q, k, v, table, biases, scale)
-        ctx.ext, ctx.scale, ctx.has_bias = ext, scale, [r is not None for r in rpbs]
-        ctx.save_for_backward(q, k, v, out, lse, table, *biases)
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: Tensor):
-        q, k, v, out, lse, table, *biases = ctx.saved_tensors
-        dq, dk, dv, *drpbs = ctx.ext.na2d_backward(grad_out.contiguous(), q, k, v, out, lse, table, biases, ctx.scale)
-        drpbs = [d if has else None for d, has in zip(drpbs, ctx.has_bias)]
-        return None, None, None, dq, dk, dv, *drpbs
-
-
-class _NA2DQK(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, ext, table: Tensor, q: Tensor, k: Tensor, rpb: Optional[Tensor]):
-        ctx.ext, ctx.has_bias = ext, rpb is not None
-        ctx.save_for_backward(q, k, table)
-        return ext.na2d_qk_forward(q, k, table, rpb if rpb is not None else _NO_BIAS.to(q))
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_attn: Tensor):
-        q, k, table = ctx.saved_tensors
-        dq, dk, drpb = ctx.ext.na2d_qk_backward(grad_attn.contiguous(), q, k, table, ctx.has_bias)
-        return None, None, dq, dk, drpb if ctx.has_bias else None
-
-
-class _NA2DAV(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, ext, table: Tensor, attn: Tensor, v: Tensor):
-        ctx.ext = ext
-        ctx.save_for_backward(attn, v, table)
-        return ext.na2d_av_forward(attn, v, table)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: Tensor):
-        attn, v, table = ctx.saved_tensors
-        dattn, dv = ctx.ext.na2d_av_backward(grad_out.contiguous(), attn, v, table)
-        return None, None, dattn, dv
-
-
-class CompiledBackend:
-    """Kernels from a JIT-built extension (the entry points of ``csrc/ops.h``). Half inputs on the CPU
-    are computed in float32 (an rpb is rounded to q's dtype first, as the reference does);
-    ``max_head_dim`` bounds the fused kernels' head_dim (None: any)."""
-
-    def __init__(self, name: str, device_type: str, loader, dtypes: tuple[torch.dtype, ...],
-                 max_head_dim: Optional[int] = None):
-        self.name, self.device_type, self._loader, self.dtypes = name, device_type, loader, dtypes
-        self.max_head_dim = max_head_dim
-
-    def unavailable_reason(self, op: str, device: torch.device, dtype: torch.dtype, needs_grad: bool,
-                           head_dim: Optional[int] = None) -> Optional[str]:
-        if device.type != self.device_type:
-            return f"the {self.name} backend runs on {self.device_type} tensors, the input is on {device}"
-        if dtype not in self.dtypes:
-            return f"the {self.name} backend takes {[str(d) for d in self.dtypes]}, the input is {dtype}"
-        if op == "na2d" and self.max_head_dim is not None and head_dim is not None and head_dim > self.max_head_dim:
-            return f"the {self.name} backend's fused na2d takes head_dim <= {self.max_head_dim}, got {head_dim}"
-        try:
-            self._loader()
-        except _build.BuildError as err:
-            return str(err)
-        return None
-
-    def _compute_dtype(self, dtype: torch.dtype) -> torch.dtype:
-        return torch.float32 if self.device_type == "cpu" and dtype in (torch.float16, torch.bfloat16) else dtype
-
-    def na2d(self, q, k, v, groups: Sequence[HeadGroup], scale: float) -> Tensor:
-        dtype = self._compute_dtype(q.dtype)
-        rpbs = [g.rpb.to(q.dtype).to(dtype).contiguous() if g.rpb is not None else None for g in groups]
-        out = _FusedNA2D.apply(self._loader(), _group_table(groups), scale,
-                               *(x.to(dtype).contiguous() for x in (q, k, v)), *rpbs)
-        return out.to(q.dtype)
-
-    def na2d_qk(self, q, k, kernel_size, dilation, rpb) -> Tensor:
-        dtype = self._compute_dtype(q.dtype)
-        table = _group_table([HeadGroup(q.shape[1], kernel_size, dilation)])
-        rpb = rpb.to(q.dtype).to(dtype).contiguous() if rpb is not None else None
-        attn = _NA2DQK.apply(self._loader(), table, q.to(dtype).contiguous(), k.to(dtype).contiguous(), rpb)
-        return attn.to(q.dtype)
-
-    def na2d_av(self, attn, v, kernel_size, dilation) -> Tensor:
-        dtype = self._compute_dtype(v.dtype)
-        table = _group_table([HeadGroup(v.shape[1], kernel_size, dilation)])
-        out = _NA2DAV.apply(self._loader(), table, attn.to(dtype).contiguous(), v.to(dtype).contiguous())
-        return out.to(v.dtype)
+# Backends and the choice between them
 
 
 class ReferenceBackend:
@@ -232,9 +123,9 @@ class ReferenceBackend:
 
 _REGISTRY = {
     "reference": ReferenceBackend(),
-    "cpu": CompiledBackend("cpu", "cpu", _build.load_cpu,
+    "cpu": CompiledBackend("cpu", "cpu", _build.cpu_extension,
                            (torch.float32, torch.float64, torch.float16, torch.bfloat16)),
-    "cuda": CompiledBackend("cuda", "cuda", _build.load_cuda,
+    "cuda": CompiledBackend("cuda", "cuda", _build.cuda_extension,
                             (torch.float32, torch.float64, torch.float16, torch.bfloat16), max_head_dim=128),
     "triton": triton_backend,
     "flex": flex,
@@ -250,14 +141,27 @@ AUTO_NOTES = {"cuda": "the cuda and triton kernels join this list once they pass
 
 def unavailable_reason(backend: str, op: str, device, dtype: torch.dtype = torch.float32,
                        needs_grad: bool = False, head_dim: Optional[int] = None) -> Optional[str]:
-    """Why ``backend`` cannot run ``op`` for such inputs (``head_dim`` of q, when known), or ``None``."""
+    """Why ``backend`` cannot run ``op`` for such inputs (``head_dim`` of q, when known), or ``None``.
+    Never compiles: kernels that are not built yet but can be count as able to run."""
     if backend not in _REGISTRY:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return _REGISTRY[backend].unavailable_reason(op, torch.device(device), dtype, needs_grad, head_dim)
 
 
+def backend_status(backend: str, device="cpu") -> str:
+    """One line about ``backend`` on ``device``, without compiling anything: ``"available"`` (pure PyTorch),
+    ``"built"`` / ``"buildable (not built yet)"`` (compiled kernels; the first call builds them), or
+    ``"unavailable: why"``."""
+    reason = unavailable_reason(backend, "na2d", device)
+    if reason is not None:
+        return f"unavailable: {reason}"
+    impl = _REGISTRY[backend]
+    return impl.status() if hasattr(impl, "status") else "available"
+
+
 def available_backends(device="cpu", dtype: torch.dtype = torch.float32) -> list[str]:
-    """The backends that can run the fused ``na2d`` forward on ``device`` for ``dtype``."""
+    """The backends that can run the fused ``na2d`` forward on ``device`` for ``dtype``; compiled kernels
+    count once built or buildable (:func:`backend_status`), and nothing is compiled to find out."""
     return [name for name in BACKENDS if unavailable_reason(name, "na2d", device, dtype) is None]
 
 
@@ -265,23 +169,40 @@ _warned: set[str] = set()
 
 
 def _select(backend: str, op: str, x: Tensor, needs_grad: bool):
+    """The backend object that runs ``op`` on inputs like ``x`` (BackendUnavailable when none can)."""
     _check_backend(backend)
-    head_dim = x.shape[-1]
-    if backend != "auto":
-        reason = unavailable_reason(backend, op, x.device, x.dtype, needs_grad, head_dim)
-        if reason is not None:
-            raise BackendUnavailable(f"natten_ops.{op}: backend={backend!r} is unavailable: {reason}")
-        return _REGISTRY[backend]
+    name, error = _choose(backend, op, x.device, x.dtype, needs_grad, int(x.shape[-1]))
+    if error is not None:
+        raise BackendUnavailable(error)
+    return _REGISTRY[name]
+
+
+@torch.compiler.assume_constant_result
+def _choose(backend: str, op: str, device: torch.device, dtype: torch.dtype, needs_grad: bool,
+            head_dim: int) -> tuple[Optional[str], Optional[str]]:
+    """``(backend name, None)`` or ``(None, why none can run it)``.
+
+    torch.compile runs this while tracing and keeps its result as a constant (its inputs are guarded
+    tensor properties), so reading the build cache, building kernels on their first use and logging
+    stay out of the graph. A backend with an ``ensure_ready()`` method gets it called here: it returns
+    None once the backend can run, or why it cannot (e.g. its kernels failed to build).
+    """
+    candidates = (backend,) if backend != "auto" else AUTO_ORDER.get(device.type, ("reference",))
     reasons = []
-    for name in AUTO_ORDER.get(x.device.type, ("reference",)):
-        reason = unavailable_reason(name, op, x.device, x.dtype, needs_grad, head_dim)
+    for name in candidates:
+        impl = _REGISTRY[name]
+        reason = impl.unavailable_reason(op, device, dtype, needs_grad, head_dim)
+        if reason is None and hasattr(impl, "ensure_ready"):
+            reason = impl.ensure_ready()
         if reason is None:
             if reasons and name not in _warned:
                 _warned.add(name)
                 logger.warning("natten_ops: backend='auto' uses %r for %s: %s", name, op, "; ".join(reasons))
-            return _REGISTRY[name]
+            return name, None
         reasons.append(f"{name}: {reason}")
-    raise BackendUnavailable(f"natten_ops.{op}: no backend can run it: " + "; ".join(reasons))
+    if backend != "auto":
+        return None, f"natten_ops.{op}: backend={backend!r} is unavailable: {reason}"
+    return None, f"natten_ops.{op}: no backend can run it: " + "; ".join(reasons)
 
 
 def _requires_grad(*tensors) -> bool:

@@ -1,11 +1,11 @@
 """Pure-PyTorch neighborhood attention: the ground truth every other backend is tested against.
 
-Gather-based and deliberately plain: it builds, per axis, the table of key positions each query
-attends (``window_indices``), gathers the ``k_h * k_w`` keys and values of every query and runs an
-ordinary softmax. Works on any device and dtype and is differentiable through autograd. It
+Gather-based and deliberately plain: it takes, per axis, the table of key positions each query
+attends (:func:`natten_ops.window_indices`), gathers the ``k_h * k_w`` keys and values of every query
+and runs an ordinary softmax. Works on any device and dtype and is differentiable through autograd. It
 materialises ``[B, heads, H, W, k_h*k_w, head_dim]`` tensors, so it is memory-hungry by design.
 
-Layouts (see ``shared/spec/neighborhood-attention.md``):
+Layouts (the window rule is :func:`window_indices`, the same as ``csrc/na2d_index.h``):
     q, k, v, out: [B, heads, H, W, head_dim]
     attn / logits: [B, heads, H, W, k_h * k_w], slot u = u_row * k_w + u_col
     rpb: [heads, 2*k_h - 1, 2*k_w - 1]
@@ -19,32 +19,7 @@ import torch
 from torch import Tensor
 
 from natten_ops.groups import HeadGroup
-
-
-def window_start(length: int, kernel: int, dilation: int, device=None) -> Tensor:
-    """First key position of every query's window along one axis.
-
-    Returns a ``[length]`` int64 tensor: for query ``i`` (group ``g = i % d``, in-group ``t = i // d``)
-    the axis position ``g + d * clamp(t - k//2, 0, L_g - k)``.
-    """
-    i = torch.arange(length, device=device)
-    group, t = i % dilation, i // dilation
-    group_length = (length - 1 - group) // dilation + 1
-    start = torch.minimum((t - kernel // 2).clamp(min=0), group_length - kernel)
-    return group + dilation * start
-
-
-def window_indices(length: int, kernel: int, dilation: int, device=None) -> tuple[Tensor, Tensor]:
-    """Key positions and RPB indices of every query along one axis.
-
-    Returns ``(keys, bias_index)``, both ``[length, kernel]`` int64: ``keys[i, u]`` is the axis position
-    of slot ``u`` of query ``i``; ``bias_index[i, u] = (k - 1) + (keys[i, u] - i) / d`` in ``[0, 2k-2]``.
-    """
-    start = window_start(length, kernel, dilation, device)
-    keys = start[:, None] + dilation * torch.arange(kernel, device=device)[None, :]
-    query = torch.arange(length, device=device)[:, None]
-    bias_index = (kernel - 1) + torch.div(keys - query, dilation, rounding_mode="floor")
-    return keys, bias_index
+from natten_ops.windows import window_indices
 
 
 def _gather_neighbors(x: Tensor, rows: Tensor, cols: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ killed at its step's limit, so a hang or a crash costs that step only, never the
 6. train       ``stylenat fit`` with the ffhq256 recipe on a synthetic 256 px dataset written here: bf16-mixed,
                the fastest backend, a checkpoint, a resume that continues, finite losses, the export loads,
                ``stylenat generate`` writes images
-7. classifier  NAT-Mini trained for a few steps with its recipe (configs/nat_mini.yaml)
+7. classifier  NAT-Mini trained for a few steps with its recipe (configs/imagenet_classifier.yaml)
 8. summary     the backend ``auto`` should use per pass and dtype, and every failure with its log tail
 
 ``--dry-run`` runs the same steps on the CPU (CUDA hidden) with the demo preset at 32 px, tiny benchmark

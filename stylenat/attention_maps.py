@@ -1,7 +1,7 @@
 """Which pixels one query attends in each head group of a Hydra attention layer (``stylenat attention-map``).
 
 :func:`hydra_attention` finds the layer; :func:`window_masks` gives each group's window from the window index
-math (:func:`natten_ops.reference.window_indices`); :func:`attention_probabilities` recomputes the
+math (:func:`natten_ops.window_indices`); :func:`attention_probabilities` recomputes the
 probabilities from the layer's qkv output captured with :func:`capture_output` (a forward hook);
 :func:`overlay_attention` draws either over the sample.
 """
@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from natten_ops.reference import window_indices
+from natten_ops import window_indices
 from stylenat.models.attention import HydraNeighborhoodAttention
 from stylenat.models.generator import Generator
 

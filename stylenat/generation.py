@@ -5,7 +5,8 @@
   :func:`stylenat.metrics.z_from_seeds`, so ``generate --seeds 0-49999`` saves exactly the images that
   ``fid`` with seed 0 measures.
 - **Images.** :func:`synthesize` runs a generator over latents in batches (truncation applied in the
-  mapping, ``w_avg`` never updated); images are uint8 ``[N, 3, H, W]`` (:func:`stylenat.metrics.to_uint8`).
+  mapping, ``w_avg`` never updated; :func:`compile_generator` puts it through torch.compile); images
+  are uint8 ``[N, 3, H, W]`` (:func:`stylenat.metrics.to_uint8`).
   :func:`image_grid`, :func:`save_png`, :func:`save_latents`, :func:`write_video`.
 - **Interpolation.** :func:`interpolation_latents`: slerp between two z (then mapped) or lerp between
   their w.
@@ -71,6 +72,24 @@ def synthesize(G: Generator, latents: Tensor, *, space: str = "z", psi: float = 
             ws = G.mapping(chunk, psi, cutoff, update_w_avg=False) if space == "z" else chunk
             yield ws.cpu(), to_uint8(G.synthesis(ws)).cpu()
             bar.update(len(chunk))
+
+
+def check_compile_backend(backend: str, flag: str = "--compile") -> str:
+    """``backend`` if torch.compile knows it, else a ``ValueError`` naming ``flag`` and the choices."""
+    backends = torch.compiler.list_backends(exclude_tags=())
+    if backend not in backends:
+        raise ValueError(f"{flag} must name a torch.compile backend ({', '.join(backends)}), got {backend!r}")
+    return backend
+
+
+def compile_generator(G: Generator, backend: str = "inductor") -> Generator:
+    """Compile ``G``'s synthesis network in place (``nn.Module.compile``: weights and state-dict keys stay)
+    with the torch.compile ``backend``; inductor on a GPU records CUDA graphs (``mode="reduce-overhead"``),
+    safe here because :func:`synthesize` copies every batch out before the next. Returns ``G``."""
+    check_compile_backend(backend)
+    cuda_graphs = backend == "inductor" and G.synthesis.const.device.type == "cuda"
+    G.synthesis.compile(backend=backend, mode="reduce-overhead" if cuda_graphs else None)
+    return G
 
 
 def save_png(image: Tensor, path: str | os.PathLike) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from stylenat.generation import compile_generator
 from stylenat.models import create_discriminator, create_generator
 from stylenat.profiling import Timing, peak_memory_bytes, stable_seconds
 
@@ -36,17 +37,26 @@ def _training_step(G, D, batch: int, device, dtype):
 
 
 def measure(preset: str, backend: str, *, batch: int, device: torch.device, dtype: torch.dtype, train: bool,
-            repeats: int, max_runs: int = 30, on_run: Callable[[int, float], None] | None = None
-            ) -> tuple[Timing, int]:
+            repeats: int, max_runs: int = 30, on_run: Callable[[int, float], None] | None = None,
+            compile: str | None = None) -> tuple[Timing, int]:
     """``(seconds per iteration, peak bytes)`` of the ``preset`` generator on natten_ops ``backend``: sampling a
     batch of ``batch`` images, or with ``train`` one G step and one D step. Timed until the last ``repeats``
-    iterations agree within 5% (at most ``max_runs``; see :func:`stylenat.profiling.stable_seconds`)."""
+    iterations agree within 5% (at most ``max_runs``; see :func:`stylenat.profiling.stable_seconds`).
+
+    ``compile`` names a torch.compile backend to run them through: sampling compiles the synthesis network
+    as ``stylenat generate --compile`` does (CUDA graphs on a GPU), training compiles G and D; the first
+    calls (compilation, graph recording) are warm-up, not timed."""
     torch.manual_seed(0)
     G = create_generator(preset, backend=backend).to(device)
     if train:
         D = create_discriminator(preset).to(device)
-        step = _training_step(G.train(), D, batch, device, dtype)
+        G.train()
+        if compile is not None:
+            G, D = (torch.compile(net, backend=compile) for net in (G, D))
+        step = _training_step(G, D, batch, device, dtype)
     else:
-        step = _inference_step(G.eval(), batch, device, dtype)
-    timing = stable_seconds(step, device, window=repeats, max_runs=max(max_runs, repeats), on_run=on_run)
+        step = _inference_step(compile_generator(G.eval(), compile) if compile is not None else G.eval(), batch,
+                               device, dtype)
+    timing = stable_seconds(step, device, window=repeats, max_runs=max(max_runs, repeats), on_run=on_run,
+                            warmup=1 if compile is None else 3)
     return timing, peak_memory_bytes(step, device)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from natten_ops.reference import window_indices
+from natten_ops import window_indices
 from stylenat import attention_maps, generation, metrics
 from stylenat.metrics import z_from_seeds
 from stylenat.models.generator import create_generator

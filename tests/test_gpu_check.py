@@ -94,16 +94,16 @@ def test_sigterm_stops_the_running_command_and_keeps_the_report(tmp_path):
 
 BENCH_OUTPUT = textwrap.dedent("""\
     # natten_ops 0.1.0, torch 2.11.0, device cuda (NVIDIA H100 80GB HBM3), dtype bfloat16
-    | B | heads | H=W | D | k | d | pass | cuda ms | reference ms | sdpa ms | cuda MB | reference MB | sdpa MB | cuda GFLOP/s | x vs reference | x vs sdpa |
-    |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
-    | 8 | 16 | 16 | 32 | 7 | 2 | fwd | 1.00 | 10.00 | 0.50 | 2 | 106 | 1 | 24.2 | 10.0 | 0.5 |
+    | B | heads | H=W | D | k | d | pass | cuda ms | reference ms | sdpa ms | cuda MB | reference MB | sdpa MB | cuda GFLOP/s | x vs reference | x vs sdpa | cuda 1-thread ms | 2-thread speed-up |
+    |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
+    | 8 | 16 | 16 | 32 | 7 | 2 | fwd | 1.00 | 10.00 | 0.50 | 2 | 106 | 1 | 24.2 | 10.0 | 0.5 | 1.90 | 1.9 |
     # reference failed on (8, 16, 32, 32, 7, 4): CUDA out of memory
-    | 8 | 16 | 32 | 32 | 7 | 4 | fwd | 2.00 | - | 1.00 | 8 | - | 4 | 26.1 | - | 0.5 |
-    | 8 | 16 | 32 | 32 | 7 | 4 | fwd+bwd | 8.00 | 40.00 | 3.00 | 32 | 825 | 9 | 19.7 | 5.0 | 0.4 |
+    | 8 | 16 | 32 | 32 | 7 | 4 | fwd | 2.00 | - | 1.00 | 8 | - | 4 | 26.1 | - | 0.5 | 3.90 | 1.9 |
+    | 8 | 16 | 32 | 32 | 7 | 4 | fwd+bwd | 8.00 | 40.00 | 3.00 | 32 | 825 | 9 | 19.7 | 5.0 | 0.4 | 15.0 | 1.9 |
     """)
 
 
-def test_parse_bench_keeps_missing_cells_as_none():
+def test_parse_bench_keeps_missing_cells_as_none_and_only_backend_columns():
     rows = parse.parse_bench(BENCH_OUTPUT, "bfloat16")
     assert [r["shape"] for r in rows] == [[8, 16, 16, 32, 7, 2], [8, 16, 32, 32, 7, 4], [8, 16, 32, 32, 7, 4]]
     assert rows[1] == {"shape": [8, 16, 32, 32, 7, 4], "pass": "fwd", "dtype": "bfloat16",

@@ -59,3 +59,12 @@ def test_stable_seconds_times_until_the_last_runs_agree(monkeypatch):
     assert timing == Timing(seconds=1.0, spread=pytest.approx(0.02), runs=5, stable=True)
     durations = iter([1.0] + [1.0, 2.0] * 10)
     assert not profiling.stable_seconds(step, torch.device("cpu"), window=2, max_runs=6).stable
+
+
+def test_throughput_compares_eager_and_compiled(capsys):
+    assert main(["throughput", "--preset", "demo", "--batch", "2", "--repeats", "1", "--max-runs", "1",
+                 "--backends", "cpu", "--compile", "aot_eager"]) == 0
+    rows = {line.split("|")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
+    assert float(rows["cpu"].split("|")[2]) > 0 and float(rows["cpu + compile"].split("|")[2]) > 0
+    assert main(["throughput", "--preset", "demo", "--compile", "fastest"]) == 2
+    assert "--compile must name a torch.compile backend" in capsys.readouterr().err

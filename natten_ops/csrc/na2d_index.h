@@ -1,5 +1,5 @@
 // Neighborhood-attention index math: the one definition of the semantics, shared by the CPU and
-// CUDA kernels (see shared/spec/neighborhood-attention.md, sections 1-3).
+// CUDA kernels (the rules below; natten_ops/reference.py's window_indices is the same in Python).
 //
 // One axis of length L, odd kernel k, dilation d, r = k / 2. Position i is in dilation group
 // g = i % d at in-group coordinate t = i / d; the group has L_g = (L - 1 - g) / d + 1 positions.

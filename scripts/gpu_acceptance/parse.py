@@ -71,8 +71,9 @@ def parse_bench(output: str, dtype: str) -> list[dict]:
             record = dict(zip(header, cells))
             times = {}
             for name, value in record.items():
-                if name.endswith(" ms"):
-                    times[name[:-3]] = float(value) if is_number(value) else None
+                backend = name[:-3]
+                if name.endswith(" ms") and " " not in backend:  # not "cpu 1-thread ms", the scaling column
+                    times[backend] = float(value) if is_number(value) else None
             rows.append({"shape": [int(record[k]) for k in ("B", "heads", "H=W", "D", "k", "d")],
                          "pass": record["pass"], "dtype": dtype, "ms": times})
     return rows

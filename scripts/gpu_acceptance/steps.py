@@ -266,14 +266,14 @@ def step_train(run: Run, step: StepRecord) -> None:
              "image_snapshot_kimg": kimg[0] if profile.image_grids else None, "export_snapshot_kimg": None}
     trainer = {"devices": 1, "strategy": "auto", "precision": profile.precision, "default_root_dir": str(root),
                "log_every_n_steps": 1, "enable_progress_bar": False,
-               "logger": _tensorboard(root),
+               "logger": _tensorboard(),
                "callbacks": [{"class_path": "stylenat.training.callbacks.KimgCheckpoint",
                               "init_args": {"every_n_kimg": kimg[0]}}]}
     if profile.device == "cpu":
         trainer["accelerator"] = "cpu"
         model.update(generator=profile.preset, discriminator=profile.preset)
     override = {"trainer": trainer, "model": {"init_args": model},
-                "data": {"init_args": {"path": str(data), "resolution": profile.resolution, "batch_size": batch,
+                "data": {"init_args": {"path": str(data), "batch_size": batch,  # resolution: the generator's
                                        "num_workers": profile.workers}}}
     first_config, second_config = root.with_suffix(".yaml"), root.with_name("gan-resume.yaml")
     _write_yaml(first_config, override)
@@ -351,7 +351,7 @@ def compiled_fit(run: Run, step: StepRecord, fit: list[str], root: Path) -> None
         config, folder, steps = root.with_name("gan-compiled.yaml"), f"{root}-compiled", 8
         _write_yaml(config, {"model": {"init_args": {"compile": True, "image_snapshot_kimg": None,
                                                      "total_kimg": steps * run.profile.train_batch / 1000}},
-                             "trainer": {"default_root_dir": folder, "logger": _tensorboard(folder)}})
+                             "trainer": {"default_root_dir": folder, "logger": _tensorboard()}})
         result = run.command(step, f"{what} ({steps} steps)", fit + ["--config", str(config)])
         if result is not None and result.ok:
             step.passed(f"{what} ({steps} steps)", f"{result.seconds:.0f} s, compile included")
@@ -398,11 +398,11 @@ def step_classifier(run: Run, step: StepRecord) -> None:
     trainer = {"devices": 1, "strategy": "auto", "precision": profile.precision, "max_epochs": 2,
                "default_root_dir": str(root),
                "log_every_n_steps": 1, "enable_progress_bar": False,
-               "logger": _tensorboard(root)}
+               "logger": _tensorboard()}
     if profile.device == "cpu":
         trainer["accelerator"] = "cpu"
     override = {"trainer": trainer,
-                "model": {"init_args": {"num_classes": profile.classes, "model_overrides": overrides,
+                "model": {"init_args": {"model": "nat_mini", "model_overrides": overrides,  # num_classes: the data's
                                         "warmup_epochs": 1}},
                 "data": {"init_args": {"path": str(data), "val_path": None, "val_fraction": 0.25,
                                        "resolution": profile.classifier_resolution,
@@ -410,7 +410,7 @@ def step_classifier(run: Run, step: StepRecord) -> None:
     config = root.with_suffix(".yaml")
     _write_yaml(config, override)
     what = f"fit NAT-Mini 2 epochs ({profile.classifier_resolution} px, {profile.precision}, backend {backend})"
-    result = run.command(step, what, [PY, "-m", "stylenat.cli", "fit", "--config", "configs/nat_mini.yaml",
+    result = run.command(step, what, [PY, "-m", "stylenat.cli", "fit", "--config", "configs/imagenet_classifier.yaml",
                                       "--config", str(config)])
     if result is None or not result.ok:
         return
@@ -514,10 +514,10 @@ def inject(run: Run, step: StepRecord, how: str) -> None:
     run.command(step, f"injected {how}", [PY, "-c", code])
 
 
-def _tensorboard(folder: str | Path) -> dict:
-    """A TensorBoard logger writing straight into ``folder`` (no version sub-folder)."""
-    return {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-            "init_args": {"save_dir": str(folder), "name": "", "version": ""}}
+def _tensorboard() -> dict:
+    """A TensorBoard logger writing straight into the run directory (its save_dir follows
+    ``trainer.default_root_dir``; no version sub-folder)."""
+    return {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"name": "", "version": ""}}
 
 
 def _write_yaml(path: Path, content: dict) -> None:

@@ -2,6 +2,7 @@
 
     stylenat generate --ckpt G.safetensors --seeds 0-15,42 --trunc 0.7 --grid --outdir out
     stylenat generate --ckpt G.safetensors --interpolate 1 2 --frames 60 --space z
+    stylenat generate --ckpt G.safetensors --seeds 0-999 --device cuda --compile   # torch.compile + CUDA graphs
 
 ``generate --seeds 0-49999`` saves exactly the images that ``fid`` with seed 0 measures.
 """
@@ -37,10 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--space", choices=("z", "w"), default="z",
                         help="interpolate by slerp between the z, or by lerp between the (truncated) w (default z)")
     parser.add_argument("--fps", type=int, default=30, help="frame rate of the interpolation video (default 30)")
+    parser.add_argument("--compile", nargs="?", const="inductor", metavar="BACKEND",
+                        help="run the synthesis network through torch.compile (default backend inductor; "
+                             "CUDA graphs on a GPU)")
 
 
 def generate(args: argparse.Namespace) -> int:
-    from stylenat.generation import parse_seeds
+    from stylenat.generation import compile_generator, parse_seeds
 
     seeds = parse_seeds(args.seeds) if args.seeds is not None else []
     if not seeds and args.interpolate is None:
@@ -49,6 +53,8 @@ def generate(args: argparse.Namespace) -> int:
     if args.interpolate is not None:
         check_at_least(2, frames=args.frames)
     G, _ = load_generator(args.ckpt, resolve_device(args.device))
+    if args.compile is not None:
+        compile_generator(G, args.compile)
     if args.cutoff is not None and not 1 <= args.cutoff <= G.num_ws:
         raise ValueError(f"--cutoff must lie in [1, {G.num_ws}] (this generator's style inputs), got {args.cutoff}")
     outdir = Path(args.outdir)

@@ -13,10 +13,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def info(args: argparse.Namespace) -> int:
     import stylenat
-    from natten_ops.__main__ import report
+    from natten_ops import report
 
     print(f"stylenat {stylenat.__version__}")
-    return report()
+    print(report())
+    return 0
 
 
 COMMAND = Command("versions and natten_ops backends", add_arguments, info)

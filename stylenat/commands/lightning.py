@@ -15,6 +15,13 @@ resumes from (``--ckpt_path last`` with none there is an error, not a fresh star
 and trains nothing), and removes the temporary files of writes that a killed run left. A mistake in the
 arguments, the config, the data or the checkpoint, found while parsing, building the objects or in their
 ``setup`` hooks, and a full disk end with one line ``stylenat fit: error: ...`` and exit code 2.
+
+Values that must agree are set in one place and linked (:data:`LINKED`); ``--print_config`` leaves the linked
+values out, as they follow their source, and setting one is an error naming its source:
+
+- ``trainer.default_root_dir`` -> ``trainer.logger.init_args.save_dir``: one flag moves a run directory;
+- GAN: ``model.generator`` (+ ``generator_kwargs.size``) -> ``data.resolution``, the generator's image size;
+- classifier: the data's class count (``data.num_classes``, read from the dataset) -> ``model.num_classes``.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 from stylenat.commands import Command, UsageError, describe, report_error
 
@@ -35,6 +43,60 @@ re-running a saved config cannot overwrite anything by accident."""
 FIT_DESCRIPTION = ("Train. --overwrite (a flag of this command, not saved in the config) starts a fresh run in a "
                    "run directory that already holds one; --ckpt_path last resumes it.")
 NO_CONFIG_HINT = "no model or data given: start with stylenat fit --config configs/demo.yaml (the CPU demo)"
+
+
+def generator_size(generator: str, generator_kwargs: dict[str, Any] | None) -> int:
+    """The image size of generator preset ``generator`` with ``generator_kwargs`` applied."""
+    from stylenat.models.generator import PRESETS
+
+    if generator not in PRESETS:
+        raise ValueError(f"model.generator: unknown preset {generator!r}; choose from {sorted(PRESETS)}")
+    return (generator_kwargs or {}).get("size", PRESETS[generator]["size"])
+
+
+# Linked values: target -> (the model class it applies to, None: any; where it is set). LightningCLI would
+# silently replace a target given by the user, so check_no_linked_values refuses one.
+LINKED = {"trainer.logger.save_dir": (None, "--trainer.default_root_dir"),
+          "data.resolution": ("StyleNATGAN", "the generator (model.generator, model.generator_kwargs.size)"),
+          "model.num_classes": ("ImageClassifier", "the data (its class count)")}
+
+
+def check_no_linked_values(argv: list[str]) -> None:
+    """ValueError if a flag or a ``--config`` file of ``argv`` sets a linked value, naming where it is set."""
+    import yaml
+
+    given: dict[str, object] = {}  # dotted key -> value, later sources win
+    for i, arg in enumerate(argv):
+        if not arg.startswith("--"):
+            continue
+        key, _, value = arg[2:].partition("=")
+        value = value or (argv[i + 1] if i + 1 < len(argv) else "")
+        if key == "config":
+            try:
+                with open(value, encoding="utf-8") as file:
+                    config = yaml.safe_load(file)
+            except (OSError, yaml.YAMLError):
+                continue  # LightningCLI reports it in its own words
+            given.update(_flatten(config if isinstance(config, dict) else {}))
+        else:
+            given[key] = value
+    model_class = str(given.get("model.class_path", given.get("model", "")))
+    for key in given:
+        plain = key.replace(".init_args.", ".")
+        if plain in LINKED:
+            applies_to, source = LINKED[plain]
+            if applies_to is None or model_class.endswith(applies_to):
+                raise ValueError(f"{key} is linked and cannot be set: it follows {source}")
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a": {...}, "a.b": 1}``."""
+    flat = {}
+    for key, value in tree.items():
+        flat[prefix + str(key)] = value
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+    return flat
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +111,10 @@ def lightning(args: argparse.Namespace) -> int:
     overwrite = args.command == "fit" and OVERWRITE in args.argv
     cli_args = [args.command, *(a for a in args.argv if not (overwrite and a == OVERWRITE))]
     try:
+        check_no_linked_values(cli_args[1:])
+    except ValueError as err:
+        return report_error(args.command, err)
+    try:
         with ExitStack() as cleanup:
             cleanup.enter_context(_without_known_notices())
             # args=None: LightningCLI reads sys.argv itself (and does not warn that both were given)
@@ -61,6 +127,13 @@ def lightning(args: argparse.Namespace) -> int:
     except UsageError as err:
         return report_error(args.command, err)
     return 0
+
+
+def lightning_cli(argv: list[str], run: bool = True):
+    """The CLI of ``argv`` as ``stylenat fit`` builds it (links, linked-value check), without the command's
+    one-line error reports. ``run=False``: ``argv`` holds only flags; the objects are built, nothing runs."""
+    check_no_linked_values(argv)
+    return _cli_class()(ExitStack(), False, args=argv, run=run)
 
 
 KNOWN_NOTICES = (
@@ -99,20 +172,27 @@ def _cli_class():
     from lightning.fabric.utilities.rank_zero import rank_zero_only
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
     from stylenat.training.callbacks import run_dir, use_safe_checkpoint_io
     from stylenat.training.runs import (RunError, RunLock, earlier_run_outputs, read_checkpoint,
                                         remove_stale_temporaries)
 
     class StyleNATCLI(LightningCLI):
-        def __init__(self, cleanup: ExitStack, overwrite: bool, args: list[str] | None):
+        def __init__(self, cleanup: ExitStack, overwrite: bool, args: list[str] | None, run: bool = True):
             self.cleanup = cleanup  # the run lock is released through it, however fit ends
             self.overwrite = overwrite
+            parser_kwargs = {"exit_on_error": False, "fit": {"description": FIT_DESCRIPTION}}
             super().__init__(LightningModule, LightningDataModule, subclass_mode_model=True,
                              subclass_mode_data=True, save_config_kwargs={"overwrite": True},
-                             parser_kwargs={"exit_on_error": False, "fit": {"description": FIT_DESCRIPTION}},
-                             args=args)
+                             parser_kwargs=parser_kwargs if run else {"exit_on_error": False}, args=args, run=run)
+
+        def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+            # The links of the module docstring; one whose source or target the chosen classes lack is skipped.
+            parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir")
+            parser.link_arguments(("model.init_args.generator", "model.init_args.generator_kwargs"),
+                                  "data.init_args.resolution", compute_fn=generator_size)
+            parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 
         def instantiate_trainer(self, **kwargs):  # --ckpt_path is read as data, never run (AtomicCheckpointIO)
             return use_safe_checkpoint_io(super().instantiate_trainer(**kwargs))

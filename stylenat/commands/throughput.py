@@ -3,6 +3,10 @@
     stylenat throughput --preset ffhq256 --batch 1                 # inference (G_ema sampling)
     stylenat throughput --preset ffhq256 --batch 2 --train         # one G step + one D step per iteration
     stylenat throughput --preset ffhq256 --batch 32 --device cuda --dtype bfloat16
+    stylenat throughput --preset ffhq256 --batch 1 --device cuda --compile    # eager and torch.compile rows
+
+With ``--compile`` every backend is timed twice, eagerly and through ``torch.compile``; the compiled row is
+labelled ``<backend> + compile``.
 
 The measurement is :func:`stylenat.throughput.measure`: each number is the median of the last ``--repeats``
 iterations once they agree within 5% (the table reports that spread and how many iterations it took).
@@ -30,6 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="timed iterations that must agree within 5%% before a number is reported (default 5)")
     parser.add_argument("--max-runs", type=int, default=30,
                         help="give up waiting for agreement after this many timed iterations (default 30)")
+    parser.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                        help="also time G (and D) through torch.compile (default backend inductor)")
 
 
 def throughput(args: argparse.Namespace) -> int:
@@ -38,9 +44,11 @@ def throughput(args: argparse.Namespace) -> int:
     import torch
 
     import natten_ops
-    from stylenat.throughput import measure
+    from stylenat.generation import check_compile_backend
 
     check_at_least(1, batch=args.batch, repeats=args.repeats, max_runs=args.max_runs)
+    if args.compile is not None:
+        check_compile_backend(args.compile)
     device, dtype = resolve_device(args.device), getattr(torch, args.dtype)
     backends = args.backends.split(",") if args.backends else natten_ops.BACKENDS
     mode = "training (G+D step)" if args.train else "inference"
@@ -56,23 +64,33 @@ def throughput(args: argparse.Namespace) -> int:
             if reason is not None:
                 print(f"| {backend} | - | - | - | - ({reason}) |")
                 continue
-            _progress(f"{backend}: warming up" + (" (the first call compiles the flex kernels: a minute or more)"
-                                                   if backend == "flex" else ""))
-            try:
-                timing, memory = measure(args.preset, backend, batch=args.batch, device=device, dtype=dtype,
-                                         train=args.train, repeats=args.repeats, max_runs=args.max_runs,
-                                         on_run=lambda run, s: _progress(f"{backend}: run {run}: {s * 1e3:.0f} ms"))
-            except (RuntimeError, MemoryError) as err:  # out of memory, most often: report it and go on
-                _progress("")
-                print(f"| {backend} | - | - | - | - ({(str(err) or type(err).__name__).splitlines()[0]}) |", flush=True)
-                continue
-            _progress("")
-            spread = f"{timing.spread:.0%} of {timing.runs}" + ("" if timing.stable else " (unsettled)")
-            print(f"| {backend} | {args.batch / timing.seconds:.3f} | {timing.seconds * 1e3:.0f} | {spread} | "
-                  f"{memory / 2**20:.0f} |", flush=True)
+            for compile_backend in (None, args.compile) if args.compile else (None,):
+                _row(args, backend, device, dtype, compile_backend)
     finally:
         cpp_extension_log.setLevel(level)
     return 0
+
+
+def _row(args: argparse.Namespace, backend: str, device, dtype, compile_backend: str | None) -> None:
+    """Time ``backend`` (through torch.compile's ``compile_backend`` unless None) and print its row."""
+    from stylenat.throughput import measure
+
+    label = backend if compile_backend is None else f"{backend} + compile"
+    _progress(f"{label}: warming up" + (" (the first call compiles the flex kernels: a minute or more)"
+                                        if backend == "flex" or compile_backend else ""))
+    try:
+        timing, memory = measure(args.preset, backend, batch=args.batch, device=device, dtype=dtype,
+                                 train=args.train, repeats=args.repeats, max_runs=args.max_runs,
+                                 on_run=lambda run, s: _progress(f"{label}: run {run}: {s * 1e3:.0f} ms"),
+                                 compile=compile_backend)
+    except (RuntimeError, MemoryError) as err:  # out of memory, most often: report it and go on
+        _progress("")
+        print(f"| {label} | - | - | - | - ({(str(err) or type(err).__name__).splitlines()[0]}) |", flush=True)
+        return
+    _progress("")
+    spread = f"{timing.spread:.0%} of {timing.runs}" + ("" if timing.stable else " (unsettled)")
+    print(f"| {label} | {args.batch / timing.seconds:.3f} | {timing.seconds * 1e3:.0f} | {spread} | "
+          f"{memory / 2**20:.0f} |", flush=True)
 
 
 def _progress(text: str) -> None:
@@ -84,5 +102,5 @@ def _progress(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-COMMAND = Command("generator img/s and peak memory per natten_ops backend", add_arguments,
+COMMAND = Command("generator img/s and peak memory per natten_ops backend, eager and compiled", add_arguments,
                   with_clean_errors(throughput))

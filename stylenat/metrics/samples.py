@@ -15,7 +15,7 @@ StyleGAN's conventions, so that evaluation sees exactly the images ``stylenat ge
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import numpy as np
 import torch
@@ -32,17 +32,22 @@ MAX_SEED = 2**32 - 1
 
 
 @contextmanager
-def strict_float32() -> Iterator[None]:
-    """Run the block with TF32 off for float32 matmuls and cuDNN convolutions; the previous settings (the
-    float32 matmul precision and ``cudnn.allow_tf32``) are restored afterwards, even on error."""
+def tf32(enabled: bool) -> Iterator[None]:
+    """Run the block with TF32 on or off for float32 matmuls (precision ``high`` / ``highest``) and cuDNN
+    convolutions; the previous settings are restored afterwards, even on error."""
     matmul, cudnn = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
-    torch.set_float32_matmul_precision("highest")
-    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    torch.backends.cudnn.allow_tf32 = enabled
     try:
         yield
     finally:
         torch.set_float32_matmul_precision(matmul)
         torch.backends.cudnn.allow_tf32 = cudnn
+
+
+def strict_float32() -> AbstractContextManager[None]:
+    """``tf32(False)``: the block runs in strict float32, then the previous settings come back."""
+    return tf32(False)
 
 
 def to_uint8(images: Tensor) -> Tensor:

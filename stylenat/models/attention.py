@@ -39,19 +39,6 @@ def split_heads(num_heads: int, num_groups: int) -> list[int]:
     return [base + (1 if g >= num_groups - extra else 0) for g in range(num_groups)]
 
 
-def broadcast_pattern(kernel_sizes: Sequence[int], dilations: Sequence[int]) -> list[tuple[int, int]]:
-    """Pair kernel sizes with dilations; a single entry on either side broadcasts over the other."""
-    kernel_sizes, dilations = list(kernel_sizes), list(dilations)
-    if len(kernel_sizes) == 1:
-        kernel_sizes = kernel_sizes * len(dilations)
-    if len(dilations) == 1:
-        dilations = dilations * len(kernel_sizes)
-    if len(kernel_sizes) != len(dilations):
-        raise ValueError(f"kernel_sizes {kernel_sizes} and dilations {dilations} must have the same length "
-                         "(or one of them a single entry)")
-    return list(zip(kernel_sizes, dilations))
-
-
 class _GroupedNeighborhoodAttention(nn.Module):
     """qkv -> neighborhood attention over head groups -> proj. Subclasses register ``rpb``."""
 
@@ -120,14 +107,12 @@ class NeighborhoodAttention2D(_GroupedNeighborhoodAttention):
 
 
 class HydraNeighborhoodAttention(_GroupedNeighborhoodAttention):
-    """StyleNAT's split-head attention: head groups with their own (kernel, dilation) and RPB table
-    ``rpb.{i}`` ``[group_heads, 2k-1, 2k-1]``; ``kernel_sizes``/``dilations`` broadcast (one entry
-    against several)."""
+    """StyleNAT's split-head attention: ``pattern`` lists the (kernel, dilation) of each head group, in
+    head order; group ``i`` has its own RPB table ``rpb.{i}`` ``[group_heads, 2k-1, 2k-1]``."""
 
-    def __init__(self, dim: int, num_heads: int, kernel_sizes: Sequence[int] = (7,), dilations: Sequence[int] = (1,),
+    def __init__(self, dim: int, num_heads: int, pattern: Sequence[tuple[int, int]] = ((7, 1),),
                  qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0, backend: str = "auto"):
-        super().__init__(dim, num_heads, broadcast_pattern(kernel_sizes, dilations), qkv_bias, attn_drop, proj_drop,
-                         backend)
+        super().__init__(dim, num_heads, pattern, qkv_bias, attn_drop, proj_drop, backend)
         self.rpb = nn.ParameterList(_new_rpb(n, k) for n, (k, _) in zip(self.group_heads, self.pattern))
 
     def _rpb_tables(self):

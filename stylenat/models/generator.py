@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stylenat.models.attention import HydraNeighborhoodAttention, RelativePositionAttention, broadcast_pattern
+from stylenat.models.attention import HydraNeighborhoodAttention, RelativePositionAttention
 from stylenat.models.layers import AdaIN, EqualLinear, FIRFilter2d, Mlp, pixel_norm, sinusoidal_position_encoding
 
 # ---------------------------------------------------------------------------------------------
@@ -181,8 +181,7 @@ class SynthesisStage(nn.Module):
         def attention() -> nn.Module:
             if pattern is None:
                 return RelativePositionAttention(dim, num_heads, resolution, qkv_bias)
-            kernels, dilations = zip(*pattern)
-            return HydraNeighborhoodAttention(dim, num_heads, kernels, dilations, qkv_bias, backend=backend)
+            return HydraNeighborhoodAttention(dim, num_heads, pattern, qkv_bias, backend=backend)
 
         self.blocks = nn.ModuleList(StyleBlock(dim, w_dim, attention(), mlp_ratio) for _ in range(2))
         self.blocks.apply(_init_linear)
@@ -304,15 +303,31 @@ class Generator(nn.Module):
 
     def mix_styles(self, ws: Tensor, psi: float = 1.0, cutoff: Optional[int] = None) -> Tensor:
         """With probability ``style_mixing_prob``: ``ws[:, c:]`` <- the ws of fresh latents, with
-        ``c ~ U{1, ..., num_ws - 1}`` (one draw per batch, as StyleGAN2). Otherwise ``ws`` unchanged."""
-        if torch.rand(()).item() >= self.style_mixing_prob:
-            return ws
-        c = int(torch.randint(1, self.num_ws, ()))
+        ``c ~ U{1, ..., num_ws - 1}`` (one draw per batch, as StyleGAN2). Otherwise ``ws`` unchanged.
+
+        Decided on the device without reading the draws back (no host sync, no graph break under
+        ``torch.compile``): the fresh ws are always computed and selected per style input."""
+        mix = torch.rand((), device=ws.device) < self.style_mixing_prob
+        c = torch.randint(1, self.num_ws, (), device=ws.device)
         other = self.mapping(torch.randn(ws.shape[0], self.z_dim, device=ws.device), psi, cutoff, update_w_avg=False)
-        return torch.cat([ws[:, :c], other[:, c:]], dim=1)
+        take_other = mix & (torch.arange(self.num_ws, device=ws.device) >= c)  # [num_ws]
+        return torch.where(take_other[None, :, None], other, ws)
 
     def extra_repr(self) -> str:
         return f"size={self.size}, z_dim={self.z_dim}, w_dim={self.w_dim}, style_mixing_prob={self.style_mixing_prob}"
+
+
+def broadcast_pattern(kernel_sizes: Sequence[int], dilations: Sequence[int]) -> list[tuple[int, int]]:
+    """Pair kernel sizes with dilations; a single entry on either side broadcasts over the other."""
+    kernel_sizes, dilations = list(kernel_sizes), list(dilations)
+    if len(kernel_sizes) == 1:
+        kernel_sizes = kernel_sizes * len(dilations)
+    if len(dilations) == 1:
+        dilations = dilations * len(kernel_sizes)
+    if len(kernel_sizes) != len(dilations):
+        raise ValueError(f"kernel_sizes {kernel_sizes} and dilations {dilations} must have the same length "
+                         "(or one of them a single entry)")
+    return list(zip(kernel_sizes, dilations))
 
 
 def _check_patterns(resolutions: Sequence[int], kernels, dilations, num_heads) -> list[list[tuple[int, int]]]:

@@ -11,6 +11,7 @@
                         kept kimg<kimg>.ckpt at extra kimg marks
     KimgProgressBar     the training bar in kimg, with rate and ETA
     CPUThreads          torch's intra-op thread count for the run (CPU demos on shared machines)
+    TF32                TF32 on or off for the run on CUDA, restored afterwards
     AtomicCheckpointIO  checkpoints go to a temporary file beside the target, are fsynced, then renamed over it;
                         they are read back as data (no pickle code runs)
 
@@ -23,6 +24,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,7 @@ from torch import Tensor
 from stylenat.data.prepare import prepared_filter
 from stylenat.generation import image_grid
 from stylenat.metrics import to_uint8
+from stylenat.metrics.samples import tf32
 from stylenat.models.checkpoint import save_generator
 from stylenat.models.safe_load import load_torch_file
 
@@ -309,6 +312,25 @@ class CPUThreads(Callback):
         if self._previous is not None:
             torch.set_num_threads(self._previous)
             self._previous = None
+
+
+class TF32(Callback):
+    """On CUDA, run with TF32 ``enabled`` (float32 matmuls and cuDNN convolutions) from setup to teardown, then
+    restore the previous settings, also when the run fails. On other devices nothing changes."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self._scope = ExitStack()
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if pl_module.device.type == "cuda":  # the strategy's root device, already in setup
+            self._scope.enter_context(tf32(self.enabled))
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._scope.close()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._scope.close()
 
 
 def _umask() -> int:

@@ -1,7 +1,8 @@
 """Image classification with a registered NAT / DiNAT model: the LightningModule behind the classifier configs.
 
     stylenat fit --config configs/nat_digits.yaml           # CPU demo: a small NAT on the digits dataset
-    stylenat fit --config configs/nat_mini.yaml --data.path /data/imagenet/train --data.val_path /data/imagenet/val
+    stylenat fit --config configs/imagenet_classifier.yaml --model.model nat_mini --data.path /data/imagenet/train \
+        --data.val_path /data/imagenet/val
 
 The recipe is the NAT/DiNAT reference's (timm-based): AdamW without weight decay on RPB tables, norms,
 biases and layer-scale vectors; a learning rate that warms up linearly and then follows a cosine, stepped
@@ -125,7 +126,8 @@ class ImageClassifier(L.LightningModule):
 
     Args:
         model: a name from :func:`stylenat.models.nat.list_models` (``nat_mini``, ``dinat_tiny``, ...).
-        num_classes: classifier outputs; must match the data module's ``num_classes`` (checked in :meth:`setup`).
+        num_classes: classifier outputs; must match the data module's ``num_classes`` (checked in :meth:`setup`;
+            ``stylenat fit`` links it from the data).
         model_overrides: further :class:`~stylenat.models.nat.NAT` arguments replacing the variant's (``depths``,
             ``num_heads``, ``embed_dim``, ``kernel_size``, ``img_size``, ``layer_scale``, ...), for small models.
         drop_path_rate: stochastic depth; ``None`` keeps the variant's rate.
@@ -192,7 +194,7 @@ class ImageClassifier(L.LightningModule):
         data_classes = getattr(self.trainer.datamodule, "num_classes", None)
         if data_classes is not None and data_classes != self.hparams.num_classes:
             raise ValueError(f"model.num_classes is {self.hparams.num_classes} but the data has {data_classes} "
-                             "classes; set --model.init_args.num_classes to match")
+                             "classes; pass num_classes=data.num_classes (stylenat fit links the two)")
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels = batch

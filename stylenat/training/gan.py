@@ -34,7 +34,6 @@ gradients.
 
 from __future__ import annotations
 
-import copy
 import resource
 import time
 from collections.abc import Iterator, Sequence
@@ -47,14 +46,15 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.utilities import rank_zero_info
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from stylenat.models.discriminator import create_discriminator
 from stylenat.models.generator import Generator, create_generator
 from stylenat.models.pixels import PIXEL_SPACES, fold_output, imagenet_output_fold, to_pixel_space
 from stylenat.training.augment import bcr_augment
-from stylenat.training.callbacks import GeneratorExport, ImageGrids
+from stylenat.training.callbacks import TF32, GeneratorExport, ImageGrids
+from stylenat.training.ema import frozen_copy, update_ema
 from stylenat.training.losses import consistency_loss, d_logistic_loss, g_nonsaturating_loss, r1_penalty
 
 # ---------------------------------------------------------------------------------------------
@@ -73,25 +73,6 @@ def ema_decay(global_batch: int, cur_nimg: int, half_life_kimg: float, rampup: f
     if rampup is not None:
         half_life = min(half_life, cur_nimg * rampup)
     return 0.5 ** (global_batch / max(half_life, 1e-8))
-
-
-@torch.no_grad()
-def update_ema(ema: nn.Module, model: nn.Module, decay: float,
-               fold: dict[str, tuple[Tensor, Tensor]] | None = None) -> None:
-    """``ema_p = decay * ema_p + (1 - decay) * p`` for every parameter; every buffer (``w_avg``) copied.
-
-    ``fold`` (by parameter name: ``(scale, shift)``, see :func:`stylenat.models.pixels.fold_output`) averages
-    ``p * scale + shift`` instead of ``p`` for the parameters it names.
-    """
-    fold = fold or {}
-    for (name, ema_p), p in zip(ema.named_parameters(), model.parameters(), strict=True):
-        target = p.detach()
-        if name in fold:
-            scale, shift = fold[name]
-            target = target * scale + shift
-        ema_p.lerp_(target, 1.0 - decay)
-    for ema_b, b in zip(ema.buffers(), model.buffers(), strict=True):
-        ema_b.copy_(b)
 
 
 def in_decay(cur_nimg: int, decay_start_kimg: float | None) -> bool:
@@ -138,7 +119,8 @@ class StyleNATGAN(L.LightningModule):
     Logs ``Loss/G``, ``Loss/D`` (logistic part), ``Loss/bcr``, ``Loss/r1`` (the raw penalty, on R1 steps),
     ``Logits/real``, ``Logits/fake`` (mean D outputs), ``Progress/kimg``, ``Progress/kimg_per_s``,
     ``Progress/lr_g``, ``Progress/lr_d`` and ``Resources/peak_memory_gib``. Adds the callbacks
-    :class:`~stylenat.training.callbacks.ImageGrids` and :class:`~stylenat.training.callbacks.GeneratorExport`.
+    :class:`~stylenat.training.callbacks.TF32`, :class:`~stylenat.training.callbacks.ImageGrids` and
+    :class:`~stylenat.training.callbacks.GeneratorExport`.
 
     Args:
         generator, discriminator: preset names (``ffhq256``, ``ffhq1024``, ``church256``, ``demo``).
@@ -164,7 +146,12 @@ class StyleNATGAN(L.LightningModule):
             checkpoint's point).
         rng_seed: seed of the per-step random draws (network init follows ``seed_everything``).
         allow_tf32: on CUDA, let float32 matmuls and convolutions use TF32 tensor cores (the recipe's
-            "fp32/TF32" default); False keeps them in strict float32. Set process-wide at fit start.
+            "fp32/TF32" default); False keeps them in strict float32. Set for the run by the
+            :class:`~stylenat.training.callbacks.TF32` callback and restored after it.
+        compile: run G and D through ``torch.compile`` in the training steps (True: the default inductor
+            backend; a string names another torch.compile backend, e.g. ``"aot_eager"``). R1 keeps the eager
+            D (it differentiates D twice, which compiled graphs do not support); G_ema samples eagerly.
+            Off by default until a GPU run shows the gain.
     """
 
     def __init__(self, generator: str = "ffhq256", generator_kwargs: dict[str, Any] | None = None,
@@ -176,7 +163,8 @@ class StyleNATGAN(L.LightningModule):
                  decay_lr_ratio: float | None = None, pixel_space: str = "minus1_1",
                  style_mixing_prob: float = 0.0, total_kimg: float = 64_000.0,
                  image_snapshot_kimg: float | None = 200.0, export_snapshot_kimg: float | None = 1000.0,
-                 export_marks_kimg: Sequence[float] = (), rng_seed: int = 0, allow_tf32: bool = True):
+                 export_marks_kimg: Sequence[float] = (), rng_seed: int = 0, allow_tf32: bool = True,
+                 compile: bool | str = False):
         super().__init__()
         generator_kwargs, discriminator_kwargs = dict(generator_kwargs or {}), dict(discriminator_kwargs or {})
         _check_args(locals())
@@ -189,8 +177,14 @@ class StyleNATGAN(L.LightningModule):
         # G's output in its pixel space -> [-1, 1], folded into G_ema's ToRGB parameters (see the module doc)
         fold = imagenet_output_fold(len(self.G.synthesis.stages)) if pixel_space == "imagenet" else {}
         self._fold = fold  # moved to the training device on first use
-        self.G_ema: Generator = copy.deepcopy(self.G).requires_grad_(False).eval()
+        self.G_ema: Generator = frozen_copy(self.G)
         self.G_ema.load_state_dict(fold_output(self.G_ema.state_dict(), fold))
+        # What the training steps call: G and D, or their compiled forms (in a dict, so they are not
+        # registered as submodules: the checkpoint keeps the plain G and D keys).
+        self.nets = {"G": self.G, "D": self.D}
+        if compile:
+            backend = "inductor" if compile is True else compile
+            self.nets = {name: torch.compile(net, backend=backend) for name, net in self.nets.items()}
         self.automatic_optimization = False
         self.lr_g = lr_d / 4 if lr_g is None else lr_g
         self.r1_ratio = r1_interval / (r1_interval + 1) if r1_gamma > 0 else 1.0  # lazy R1's Adam adjustment
@@ -210,7 +204,7 @@ class StyleNATGAN(L.LightningModule):
 
     def configure_callbacks(self) -> list[Callback]:
         hp = self.hparams
-        return [ImageGrids(every_kimg=hp.image_snapshot_kimg),
+        return [TF32(hp.allow_tf32), ImageGrids(every_kimg=hp.image_snapshot_kimg),
                 GeneratorExport(every_kimg=hp.export_snapshot_kimg, marks_kimg=hp.export_marks_kimg)]
 
     def setup(self, stage: str) -> None:
@@ -221,8 +215,6 @@ class StyleNATGAN(L.LightningModule):
                              f"(model.generator={self.hparams.generator!r}) makes {self.G.size}px images")
 
     def on_fit_start(self) -> None:
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = self.hparams.allow_tf32
         model = self.trainer.strategy.model
         if isinstance(model, DistributedDataParallel) and not model.find_unused_parameters:
             raise ValueError("GAN training under DDP leaves D without gradients in the G step and G in the D step: "
@@ -293,7 +285,7 @@ class StyleNATGAN(L.LightningModule):
         """The D step's terms on reals and fakes already in D's pixel space: ``Loss/D`` (logistic), ``Loss/bcr``
         (weighted, both sides; bCR's augmentations draw from the global generators) and the mean logits."""
         hp = self.hparams
-        real_logits, fake_logits = self.D(real), self.D(fake)
+        real_logits, fake_logits = self.nets["D"](real), self.nets["D"](fake)
         loss = d_logistic_loss(real_logits, fake_logits)
         loss_bcr = self._bcr(real, real_logits, hp.bcr_real) + self._bcr(fake, fake_logits, hp.bcr_fake)
         return {"Loss/D": loss, "Loss/bcr": loss_bcr, "Logits/real": real_logits.mean(),
@@ -303,7 +295,7 @@ class StyleNATGAN(L.LightningModule):
         hp = self.hparams
         with self.toggled_optimizer(opt_d):
             with torch.no_grad():
-                fake = self.G(self._latents(real.shape[0]), update_w_avg=True)
+                fake = self.nets["G"](self._latents(real.shape[0]), update_w_avg=True)
                 self._average_w_avg()
             logs = self.d_loss_terms(self.d_input(real), fake)
             opt_d.zero_grad(set_to_none=True)
@@ -319,7 +311,7 @@ class StyleNATGAN(L.LightningModule):
         """``weight * mean (D(aug(images)) - logits)^2``; a zero when ``weight`` is 0."""
         if weight <= 0:
             return logits.new_zeros(())
-        return weight * consistency_loss(self.D(bcr_augment(images)), logits)
+        return weight * consistency_loss(self.nets["D"](bcr_augment(images)), logits)
 
     def r1_term(self, real: Tensor) -> Tensor:
         """The raw R1 penalty of reals ``[B, 3, R, R]`` in [-1, 1]: the gradient is taken with respect to D's
@@ -337,8 +329,8 @@ class StyleNATGAN(L.LightningModule):
 
     def _g_step(self, batch_size: int, opt_g: LightningOptimizer) -> dict[str, Tensor]:
         with self.toggled_optimizer(opt_g):
-            fake = self.G(self._latents(batch_size), update_w_avg=False)
-            loss = g_nonsaturating_loss(self.D(fake))
+            fake = self.nets["G"](self._latents(batch_size), update_w_avg=False)
+            loss = g_nonsaturating_loss(self.nets["D"](fake))
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             opt_g.step()
@@ -420,5 +412,9 @@ def _check_args(args: dict[str, Any]) -> None:
         problems.append(f"model.export_marks_kimg must be > 0, got {list(args['export_marks_kimg'])}")
     if not 0 <= args["style_mixing_prob"] <= 1:
         problems.append(f"model.style_mixing_prob must be in [0, 1], got {args['style_mixing_prob']}")
+    backends = torch.compiler.list_backends(exclude_tags=())
+    if not isinstance(args["compile"], bool) and args["compile"] not in backends:
+        problems.append(f"model.compile must be true, false or a torch.compile backend ({', '.join(backends)}), "
+                        f"got {args['compile']!r}")
     if problems:
         raise ValueError("; ".join(problems))

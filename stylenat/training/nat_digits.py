@@ -2,8 +2,9 @@
 
 clean-fid's Inception cannot be downloaded on an offline machine and means little on 32x32 digits, so the
 CPU demo (``configs/demo.yaml``) measures its samples with a network trained on the same data: a small
-NAT (the layout of ``configs/nat_digits.yaml``, 0.45 M parameters) trained with a fixed seed on the digits
-*train* split, about a minute on two CPU cores, ~99% top-1 on the test split. Its features are the
+NAT (the recipe of ``configs/nat_digits.yaml``, read by :func:`recipe_from_config`; 0.45 M parameters)
+trained with a fixed seed on the digits *train* split, about a minute on two CPU cores, ~99% top-1 on the
+test split. Its features are the
 classifier's pooled pre-logit tokens ``[N, 128]``.
 
 Metrics computed with it are named after it (``fd_nat_digits1000``), never FID: the numbers are comparable
@@ -20,12 +21,14 @@ import json
 import math
 import os
 from functools import partial
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from safetensors.torch import load_file
 from torch import Tensor
 
@@ -39,12 +42,29 @@ from stylenat.training.classifier import param_groups, warmup_cosine
 NAME = "nat_digits"
 PREPROCESSING = f"native{NATIVE_RESOLUTION}"  # the extractor's own label in place of a clean-fid mode
 
-# The recipe of configs/nat_digits.yaml without its regularisers (no drop path): part of the cache key.
-RECIPE: dict[str, Any] = dict(
-    model="nat_mini", depths=[2, 2, 2], num_heads=[1, 2, 4], embed_dim=32, mlp_ratio=2.0, kernel_size=3,
-    resolution=NATIVE_RESOLUTION, epochs=15, batch_size=64, lr=2e-3, weight_decay=0.05, warmup_epochs=2,
-    label_smoothing=0.1, seed=0,
-)
+CONFIG = "nat_digits.yaml"
+
+
+def recipe_from_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The extractor's recipe from the classifier config (``configs/nat_digits.yaml`` as a dict): its
+    architecture, data resolution, schedule, optimizer and seed, without its regularisers (drop path,
+    gradient clipping). The recipe is the cache key of the trained weights."""
+    model, data = config["model"]["init_args"], config["data"]["init_args"]
+    layout = model["model_overrides"]
+    return dict(model=model["model"], depths=layout["depths"], num_heads=layout["num_heads"],
+                embed_dim=layout["embed_dim"], mlp_ratio=layout["mlp_ratio"], kernel_size=layout["kernel_size"],
+                resolution=data["resolution"], epochs=config["trainer"]["max_epochs"], batch_size=data["batch_size"],
+                lr=model["lr"], weight_decay=model["weight_decay"], warmup_epochs=model["warmup_epochs"],
+                label_smoothing=model["label_smoothing"], seed=config["seed_everything"])
+
+
+def _packaged_config() -> dict[str, Any]:
+    """``configs/nat_digits.yaml`` as shipped: ``stylenat/configs`` links to the repository's ``configs/`` and
+    is package data, so the same file is read from a checkout and from an installed package."""
+    return yaml.safe_load((resources.files("stylenat") / "configs" / CONFIG).read_text(encoding="utf-8"))
+
+
+RECIPE: dict[str, Any] = recipe_from_config(_packaged_config())
 
 
 def _build(recipe: dict[str, Any]) -> NAT:

@@ -75,7 +75,7 @@ def test_relative_position_attention_matches_the_reference_formulation():
 
 def test_hydra_attention_is_head_groups_run_separately():
     with pytest.warns(UserWarning, match="evenly"):
-        attn = HydraNeighborhoodAttention(dim=40, num_heads=5, kernel_sizes=[3, 5], dilations=[2, 1])
+        attn = HydraNeighborhoodAttention(dim=40, num_heads=5, pattern=[(3, 2), (5, 1)])
     for table in attn.rpb:
         torch.nn.init.normal_(table)
     x = torch.randn(2, 9, 10, 40)

@@ -15,6 +15,7 @@ from na_testing import (CASES, assert_head_groups_match_reference, assert_matche
                         assert_unfused_matches_reference, make_inputs, na_problems)
 
 from natten_ops import _build, functional
+from natten_ops.custom_ops import CompiledBackend
 
 HARNESS = "cuda-harness"
 
@@ -22,7 +23,7 @@ HARNESS = "cuda-harness"
 @pytest.fixture(autouse=True)
 def harness_backend(monkeypatch):
     """Registers the harness as a CPU backend named "cuda-harness" for the duration of a test."""
-    backend = functional.CompiledBackend(HARNESS, "cpu", _build.load_cuda_harness, (torch.float32, torch.float64))
+    backend = CompiledBackend(HARNESS, "cpu", lambda: _build.CUDA_HARNESS_EXTENSION, (torch.float32, torch.float64))
     monkeypatch.setattr(functional, "BACKENDS", functional.BACKENDS + (HARNESS,))
     monkeypatch.setitem(functional._REGISTRY, HARNESS, backend)
 

@@ -14,6 +14,7 @@ import torch
 
 import natten_ops
 from natten_ops import HeadGroup, _build, functional
+from natten_ops.custom_ops import CompiledBackend
 
 B, HEADS, H, W, D = 1, 2, 9, 10, 16
 KERNEL, DILATION = (3, 5), (2, 1)
@@ -22,8 +23,8 @@ NAN, INF = float("nan"), float("inf")
 TOLERANCE = {torch.float64: dict(rtol=1e-9, atol=1e-9), torch.float32: dict(rtol=1e-4, atol=1e-3)}
 
 EXTRA_BACKENDS = {
-    "cpu-portable": lambda: _build.load(_build.PORTABLE_CPU_EXTENSION),
-    "cuda-harness": _build.load_cuda_harness,
+    "cpu-portable": lambda: _build.PORTABLE_CPU_EXTENSION,
+    "cuda-harness": lambda: _build.CUDA_HARNESS_EXTENSION,
 }
 GRAD_BACKENDS = ("cpu", "cpu-portable", "cuda-harness")
 
@@ -32,9 +33,9 @@ GRAD_BACKENDS = ("cpu", "cpu-portable", "cuda-harness")
 def extra_backends(monkeypatch):
     """Registers the portable CPU build and the CUDA harness as CPU backends for the test."""
     monkeypatch.setattr(functional, "BACKENDS", functional.BACKENDS + tuple(EXTRA_BACKENDS))
-    for name, loader in EXTRA_BACKENDS.items():
+    for name, extension in EXTRA_BACKENDS.items():
         monkeypatch.setitem(functional._REGISTRY, name,
-                            functional.CompiledBackend(name, "cpu", loader, (torch.float32, torch.float64)))
+                            CompiledBackend(name, "cpu", extension, (torch.float32, torch.float64)))
 
 
 def inputs(seed=0):

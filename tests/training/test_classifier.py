@@ -18,6 +18,7 @@ import yaml
 from torch import nn
 
 from stylenat.cli import main
+from stylenat.commands.lightning import lightning_cli
 from stylenat.data import ClassificationDataModule
 from stylenat.models.nat import create_model
 from stylenat.training.callbacks import CPUThreads
@@ -258,7 +259,7 @@ def classifier_configs() -> list[Path]:
 
 def test_classifier_configs_exist():
     names = {path.stem for path in classifier_configs()}
-    assert {"nat_digits", "nat_mini", "nat_tiny", "nat_small", "nat_base", "dinat_mini"} <= names
+    assert names == {"nat_digits", "imagenet_classifier"}  # one ImageNet config; the variant is a flag
 
 
 @pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
@@ -270,13 +271,27 @@ def test_classifier_config_parses(path, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     written = yaml.safe_load(path.read_text())
     assert printed["model"]["init_args"]["model"] == written["model"]["init_args"]["model"]
-    assert printed["trainer"]["default_root_dir"] == f"runs/{path.stem}"
+    assert printed["trainer"]["default_root_dir"] == written["trainer"]["default_root_dir"]
 
 
-def test_digits_config_num_classes_matches_the_data():
-    config = yaml.safe_load((CONFIGS / "nat_digits.yaml").read_text())
-    data = ClassificationDataModule(**config["data"]["init_args"])
-    assert config["model"]["init_args"]["num_classes"] == data.num_classes
+@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+@pytest.mark.parametrize("variant", ["nat_tiny", "dinat_base"])
+def test_imagenet_config_takes_the_variant_as_a_flag(variant, capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(CONFIGS / "imagenet_classifier.yaml"), "--model.model", variant,
+              "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)["model"]["init_args"]
+    assert printed["model"] == variant and printed["drop_path_rate"] is None  # the variant's own rate
+    assert variant in (CONFIGS / "imagenet_classifier.yaml").read_text()  # listed in the file's table
+
+
+def test_num_classes_follows_the_data(tmp_path):
+    """configs/nat_digits.yaml sets no num_classes: the CLI links it from the data (10 digits)."""
+    cli = lightning_cli(["--config", str(CONFIGS / "nat_digits.yaml"), "--trainer.default_root_dir", str(tmp_path)],
+                        run=False)
+    assert "num_classes" not in yaml.safe_load((CONFIGS / "nat_digits.yaml").read_text())["model"]["init_args"]
+    assert cli.model.hparams.num_classes == cli.datamodule.num_classes == 10
+    assert cli.model.model.head.out_features == 10
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -19,12 +20,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
 from stylenat.cli import main as cli_main
+from stylenat.commands.lightning import generator_size, lightning_cli
 from stylenat.data import StyleNATDataModule
 from stylenat.models import load_generator
+from stylenat.models.generator import PRESETS
 from stylenat.training import (AtomicCheckpointIO, CPUThreads, KimgCheckpoint, StyleNATGAN, bcr_augment,
                                consistency_loss, d_logistic_loss, g_nonsaturating_loss, r1_penalty)
 from stylenat.training.augment import random_cutout, random_translation
-from stylenat.training.callbacks import crossed
+from stylenat.training.callbacks import TF32, crossed
 from stylenat.training.gan import ema_decay, lr_factor, step_seed
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -288,6 +291,21 @@ def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path):
     assert finished.cur_step == 8  # resuming a finished run trains no further
 
 
+def test_compiled_training_steps_equal_eager_ones(tmp_path):
+    """compile=...: the same 3 steps (R1 and style mixing included) through torch.compile'd G and D give the
+    same weights as eager ones, and the checkpoint keeps the plain G./D. keys."""
+    options = dict(total_kimg=3 * BATCH / 1000, style_mixing_prob=0.5, r1_interval=2)
+    eager, compiled = make_gan(**options), make_gan(**options, compile="aot_eager")
+    fit(tmp_path / "eager", eager)
+    fit(tmp_path / "compiled", compiled)
+    expected, got = eager.state_dict(), compiled.state_dict()
+    assert got.keys() == expected.keys()
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], atol=1e-5, rtol=1e-4, msg=lambda m: f"{key}: {m}")
+    with pytest.raises(ValueError, match="model.compile must be true, false or a torch.compile backend"):
+        make_gan(compile="fastest")
+
+
 def test_a_failed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "last.ckpt"
     io = AtomicCheckpointIO()
@@ -320,6 +338,93 @@ def test_gan_configs_parse(name, capsys, monkeypatch):
     assert "use_distributed_sampler: false" in printed
 
 
+@pytest.mark.parametrize("name", GAN_CONFIGS)
+def test_gan_configs_show_the_presets_stage_attention(name):
+    """Each GAN config spells out its preset's kernels and dilations per stage (no other way to get them)."""
+    init_args = yaml.safe_load((CONFIGS / name).read_text())["model"]["init_args"]
+    preset = PRESETS[init_args["generator"]]
+    assert init_args["generator_kwargs"]["kernels"] == preset["kernels"]
+    assert init_args["generator_kwargs"]["dilations"] == preset["dilations"]
+
+
+@pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
+def test_config_links_and_a_stage_dilation_override(tmp_path):
+    """One flag moves the run directory (the logger follows); data.resolution follows the generator; a dilation
+    changed in the config reaches the built generator."""
+    dilations = "[[1], [1, 2], [1, 2]]"  # the 32 px stage: dilation 2 instead of the preset's 4
+    cli = lightning_cli(["--config", str(CONFIGS / "demo.yaml"), "--trainer.default_root_dir", str(tmp_path),
+                         "--model.generator_kwargs.dilations", dilations], run=False)
+    assert cli.trainer.default_root_dir == str(tmp_path) and cli.trainer.logger.save_dir == str(tmp_path)
+    assert cli.datamodule.hparams.resolution == cli.model.G.size == 32
+    attn = cli.model.G.synthesis.stages[3].blocks[0].attn
+    assert PRESETS["demo"]["dilations"][2] == [1, 4] and attn.pattern == [(7, 1), (7, 2)]
+    assert cli.model.G_ema.synthesis.stages[3].blocks[0].attn.pattern == [(7, 1), (7, 2)]
+    assert cli.model.G.synthesis.stages[2].blocks[0].attn.pattern == [(7, 1), (7, 2)]  # 16 px unchanged
+
+
+@pytest.mark.parametrize("config, flag, source", [
+    ("demo.yaml", "--data.resolution=64", "the generator"),
+    ("demo.yaml", "--trainer.logger.init_args.save_dir=/tmp/elsewhere", "default_root_dir"),
+    ("nat_digits.yaml", "--model.init_args.num_classes=3", "the data")])
+def test_setting_a_linked_value_is_refused_naming_its_source(config, flag, source):
+    with pytest.raises(ValueError, match=f"{flag[2:].split('=')[0]} is linked and cannot be set: it follows .*{source}"):
+        lightning_cli(["--config", str(CONFIGS / config), flag], run=False)
+
+
+def test_stylenat_fit_reports_a_linked_value_in_one_line(capsys):
+    assert cli_main(["fit", "--config", str(CONFIGS / "demo.yaml"), "--data.resolution", "64"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("stylenat fit: error: data.resolution is linked and cannot be set: it follows the generator "
+                   "(model.generator, model.generator_kwargs.size)")
+
+
+def test_a_config_file_setting_a_linked_value_is_refused(tmp_path):
+    override = tmp_path / "override.yaml"
+    override.write_text(yaml.safe_dump({"data": {"init_args": {"resolution": 64}}}))
+    with pytest.raises(ValueError, match="data.init_args.resolution is linked"):
+        lightning_cli(["--config", str(CONFIGS / "demo.yaml"), f"--config={override}"], run=False)
+
+
+def test_generator_size_names_an_unknown_preset():
+    assert generator_size("ffhq1024", None) == 1024 and generator_size("demo", {"size": 64}) == 64
+    with pytest.raises(ValueError, match="model.generator: unknown preset 'ffhq512'"):
+        generator_size("ffhq512", {})
+
+
+def tf32_flags() -> tuple[str, bool]:
+    return torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+
+
+def test_constructing_a_gan_leaves_tf32_alone():
+    before = tf32_flags()
+    make_gan(allow_tf32=True)
+    make_gan(allow_tf32=False)
+    assert tf32_flags() == before
+
+
+@pytest.mark.parametrize("end", ["teardown", "on_exception"])
+def test_tf32_callback_sets_the_run_on_cuda_and_restores(end, monkeypatch):
+    before = tf32_flags()
+    for enabled, expected in ((True, ("high", True)), (False, ("highest", False))):
+        callback = TF32(enabled)
+        cuda_module = SimpleNamespace(device=torch.device("cuda", 0))
+        callback.setup(None, cuda_module, "fit")
+        assert tf32_flags() == expected
+        getattr(callback, end)(None, cuda_module, *(["fit"] if end == "teardown" else [RuntimeError()]))
+        assert tf32_flags() == before
+    callback = TF32(True)
+    callback.setup(None, SimpleNamespace(device=torch.device("cpu")), "fit")
+    assert tf32_flags() == before  # other devices: untouched
+
+
+def test_a_fit_leaves_tf32_as_it_found_it(tmp_path):
+    before = tf32_flags()
+    gan = make_gan(total_kimg=BATCH / 1000)
+    assert any(isinstance(c, TF32) for c in gan.configure_callbacks())
+    fit(tmp_path, gan)
+    assert tf32_flags() == before
+
+
 def test_missing_dataset_fails_at_parse_time_naming_the_path(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["stylenat"])
     assert cli_main(["fit", "--config", str(CONFIGS / "demo.yaml"), "--data.path", str(tmp_path / "missing.zip"),
@@ -338,7 +443,7 @@ def write_run_config(root: Path) -> Path:
         "trainer": {
             "default_root_dir": str(root),
             "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                       "init_args": {"save_dir": str(root), "name": "", "version": ""}},
+                       "init_args": {"name": "", "version": ""}},
             "callbacks": [{"class_path": "stylenat.training.callbacks.KimgCheckpoint",
                            "init_args": {"every_n_kimg": 5 * BATCH / 1000}},
                           {"class_path": "stylenat.training.callbacks.CPUThreads"}],
@@ -347,7 +452,7 @@ def write_run_config(root: Path) -> Path:
         "model": {"init_args": {"generator_kwargs": TINY_G, "discriminator_kwargs": TINY_D, "r1_interval": 3,
                                 "total_kimg": 40 * BATCH / 1000, "image_snapshot_kimg": None,
                                 "export_snapshot_kimg": None, "decay_start_kimg": 0.08, "decay_end_kimg": 0.2}},
-        "data": {"init_args": {"resolution": 16, "batch_size": BATCH}},
+        "data": {"init_args": {"batch_size": BATCH}},  # resolution 16: TINY_G's size, linked
     }
     path = root.parent / f"{root.name}.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -1,14 +1,34 @@
 """The nat_digits extractor: trained once per recipe into the cache, loaded after, leaves the caller's
 random state alone, and its Fréchet distance tells real digits from corrupted ones."""
 
+import copy
+from importlib import resources
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 from stylenat.metrics import feature_stats, frechet_distance
 from stylenat.metrics.readability import readability
 from stylenat.training import nat_digits
 
 TINY = {**nat_digits.RECIPE, "epochs": 1, "depths": [1, 1, 1]}
+
+
+def test_recipe_is_read_from_the_digits_config():
+    """configs/nat_digits.yaml is the one copy of the recipe, also as package data (stylenat/configs)."""
+    text = (Path(__file__).parents[2] / "configs" / "nat_digits.yaml").read_text()
+    assert (resources.files("stylenat") / "configs" / "nat_digits.yaml").read_text() == text
+    config = yaml.safe_load(text)
+    assert nat_digits.RECIPE == nat_digits.recipe_from_config(config)
+    assert nat_digits.RECIPE["epochs"] == config["trainer"]["max_epochs"]
+    assert nat_digits.RECIPE["kernel_size"] == config["model"]["init_args"]["model_overrides"]["kernel_size"]
+    changed = copy.deepcopy(config)
+    changed["model"]["init_args"]["model_overrides"]["embed_dim"] = 64
+    changed["data"]["init_args"]["batch_size"] = 32
+    recipe = nat_digits.recipe_from_config(changed)
+    assert (recipe["embed_dim"], recipe["batch_size"]) == (64, 32)
 
 
 def test_trains_once_then_loads_from_cache(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ import yaml
 
 from stylenat.cli import main as cli_main
 from stylenat.training.callbacks import CPUThreads, KimgCheckpoint, KimgSchedule, crossed_mark, kimg_label
-from stylenat.training.gan import update_ema
+from stylenat.training.ema import update_ema
 
 from test_gan import BATCH, CONFIGS, make_data, make_gan
 
