@@ -97,15 +97,16 @@ def save_png(image: Tensor, path: str | os.PathLike) -> None:
     Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
 
 
+GRID_PADDING = 2  # px of grey between the tiles of a grid (and around them), so samples read without zooming
+GRID_PAD_VALUE = 128
+
+
 def image_grid(images: Tensor, cols: int | None = None) -> Tensor:
-    """uint8 ``[N, 3, H, W]`` -> one ``[3, rows * H, cols * W]`` image, row-major, black where a row ends
-    early; ``cols`` defaults to ``ceil(sqrt(N))``."""
-    n, c, h, w = images.shape
-    cols = cols or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    grid = images.new_zeros(rows * cols, c, h, w)
-    grid[:n] = images
-    return grid.view(rows, cols, c, h, w).permute(2, 0, 3, 1, 4).reshape(c, rows * h, cols * w)
+    """uint8 ``[N, 3, H, W]`` -> one uint8 ``[3, rows * (H + p) + p, cols * (W + p) + p]`` image with
+    ``p =`` :data:`GRID_PADDING` (torchvision's ``make_grid``): row-major, ``p`` px of grey between and around
+    the tiles, grey where a row ends early; ``cols`` defaults to ``ceil(sqrt(N))``."""
+    cols = cols or math.ceil(math.sqrt(len(images)))
+    return torchvision.utils.make_grid(images, nrow=cols, padding=GRID_PADDING, pad_value=GRID_PAD_VALUE)
 
 
 def save_latents(path: str | os.PathLike, seeds: list[int], z: Tensor, ws: Tensor, **meta) -> None:

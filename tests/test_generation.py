@@ -57,10 +57,15 @@ def test_synthesize_matches_the_generator_and_keeps_w_avg(demo_G):
 
 def test_image_grid_layout():
     images = torch.arange(5, dtype=torch.uint8)[:, None, None, None].expand(5, 3, 2, 4).contiguous()
-    grid = generation.image_grid(images)  # 3 columns, 2 rows, the last cell black
-    assert grid.shape == (3, 4, 12)
-    assert grid[0, 0, ::4].tolist() == [0, 1, 2] and grid[0, 2, ::4].tolist() == [3, 4, 0]
-    assert generation.image_grid(images, cols=5).shape == (3, 2, 20)
+    grid = generation.image_grid(images)  # 3 columns, 2 rows of 2x4 tiles, 2 px grey gaps, the last cell grey
+    assert grid.shape == (3, 2 * 4 + 2, 3 * 6 + 2) and grid.dtype == torch.uint8
+    tiles = grid[:, 2:, 2:].unflatten(1, (2, 4)).unflatten(3, (3, 6))[:, :, :2, :, :4]  # [3, row, 2, col, 4]
+    assert torch.equal(tiles.permute(1, 3, 0, 2, 4).flatten(0, 1)[:5], images)
+    grey = torch.ones_like(grid, dtype=torch.bool)
+    grey[:, 2:, 2:].unflatten(1, (2, 4)).unflatten(3, (3, 6))[:, :, :2, :, :4] = False
+    grey[:, 6:8, 14:18] = True  # the empty sixth cell
+    assert (grid[grey] == 128).all() and (grid[~grey] < 5).all()
+    assert generation.image_grid(images, cols=5).shape == (3, 6, 32)
 
 
 def test_slerp_ends_and_sphere():

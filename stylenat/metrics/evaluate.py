@@ -13,7 +13,9 @@ dict) that states how it was measured; with ``run_dir`` rank 0 also appends it t
 The name ends in ``_full`` (FID/KID only) when the reference covers its whole dataset; a random reference
 subset is recorded as ``{"size", "seed", "fingerprint"}``. ``protocol`` names a fixed protocol such as
 ``stylenat-paper`` (:mod:`stylenat.metrics.protocols`). KID records add ``kid_subsets`` and
-``kid_subset_size`` (subsets drawn with seed 0).
+``kid_subset_size`` (subsets drawn with seed 0). Readability records (``readable=True``,
+:mod:`stylenat.metrics.readability`) hold the samples' readable share as ``value`` and add ``class_shares``,
+``reference_value``, ``reference_class_shares``, ``relative`` and ``threshold``.
 """
 
 from __future__ import annotations
@@ -28,25 +30,31 @@ import torch
 from stylenat.metrics.distance import feature_stats, frechet_distance, kernel_distance
 from stylenat.metrics.distributed import rank_and_world
 from stylenat.metrics.extractors import FeatureExtractor, metric_name
+from stylenat.metrics.readability import READABLE_THRESHOLD, check_classifier, readability_values
 from stylenat.metrics.records import append_metric_record, new_run_id
 from stylenat.metrics.reference import ReferenceStats
 from stylenat.metrics.samples import GeneratorFn, generator_features
 
 
-def _check_kid(reference: ReferenceStats, kid: bool) -> None:
-    if kid and reference.features is None:
-        raise ValueError(f"KID needs the reference features, and {reference.label!r} holds only a mean and "
-                         "covariance (clean-fid's named statistics are FID-only): use kid=False, or statistics "
-                         "computed from the dataset")
+def _check_options(reference: ReferenceStats, extractor: FeatureExtractor, kid: bool, readable: bool) -> None:
+    for wanted, what in ((kid, "KID"), (readable, "readability")):
+        if wanted and reference.features is None:
+            raise ValueError(f"{what} needs the reference features, and {reference.label!r} holds only a mean and "
+                             "covariance (clean-fid's named statistics are FID-only): leave it off, or use "
+                             "statistics computed from the dataset")
+    if readable:
+        check_classifier(extractor)
 
 
 def evaluate_features(features: np.ndarray, reference: ReferenceStats, *, extractor: FeatureExtractor,
                       kid: bool = False, kid_subsets: int = 100, kid_subset_size: int = 1000,
+                      readable: bool = False, readable_threshold: float = READABLE_THRESHOLD,
                       seed: int | None = None, truncation: float | None = None,
                       checkpoint: str | os.PathLike | None = None, cur_nimg: int | None = None,
                       start_time: float | None = None, run_dir: str | os.PathLike | None = None,
                       protocol: str | None = None, run_id: str | None = None) -> list[dict]:
-    """Records for the Fréchet distance (and KID if ``kid``) of ``features`` ``[N, D]`` to ``reference``.
+    """Records for the Fréchet distance (and KID if ``kid``, readability if ``readable``) of ``features``
+    ``[N, D]`` to ``reference``.
 
     ``seed``, ``truncation``, ``checkpoint``, ``cur_nimg`` and ``run_id`` (default: a fresh one) describe
     where the features came from and are recorded as given; ``start_time`` (``time.time()`` when the
@@ -54,11 +62,13 @@ def evaluate_features(features: np.ndarray, reference: ReferenceStats, *, extrac
     """
     start_time = time.time() if start_time is None else start_time
     reference.check_compatible(extractor)
-    _check_kid(reference, kid)
+    _check_options(reference, extractor, kid, readable)
     mu, sigma = feature_stats(features)
     values = {"fd": frechet_distance(mu, sigma, reference.mu, reference.sigma)}
     if kid:
         values["kd"] = kernel_distance(reference.features, features, kid_subsets, kid_subset_size)
+    if readable:
+        values["readable"] = readability_values(features, reference.features, extractor, readable_threshold)
     rank, world = rank_and_world()
     cur_nimg = None if cur_nimg is None else int(cur_nimg)  # plain JSON types, whatever the caller holds
     common = dict(extractor=extractor.name, mode=extractor.mode, protocol=protocol, reference=reference.label,
@@ -72,7 +82,8 @@ def evaluate_features(features: np.ndarray, reference: ReferenceStats, *, extrac
     records = []
     for kind, value in values.items():
         name = metric_name(kind, extractor.name, len(features), reference.covers_dataset)
-        record = {"metric": name, "value": value, **common}
+        fields = value if kind == "readable" else {"value": value}  # readability: the value and its context
+        record = {"metric": name, **fields, **common}
         if kind == "kd":
             record.update(kid_subsets=kid_subsets, kid_subset_size=kid_subset_size)
         records.append(record)
@@ -84,7 +95,8 @@ def evaluate_features(features: np.ndarray, reference: ReferenceStats, *, extrac
 def evaluate_generator(generator: GeneratorFn, reference: ReferenceStats, *, extractor: FeatureExtractor,
                        num_samples: int = 50_000, seed: int = 0, z_dim: int = 512, batch_size: int = 32,
                        device: str | torch.device = "cpu", truncation: float = 1.0, kid: bool = False,
-                       kid_subsets: int = 100, kid_subset_size: int = 1000,
+                       kid_subsets: int = 100, kid_subset_size: int = 1000, readable: bool = False,
+                       readable_threshold: float = READABLE_THRESHOLD,
                        checkpoint: str | os.PathLike | None = None, cur_nimg: int | None = None,
                        run_dir: str | os.PathLike | None = None, protocol: str | None = None,
                        run_id: str | None = None, verbose: bool = True) -> list[dict]:
@@ -97,11 +109,12 @@ def evaluate_generator(generator: GeneratorFn, reference: ReferenceStats, *, ext
     """
     start_time = time.time()
     reference.check_compatible(extractor)  # fail before spending the sampling time
-    _check_kid(reference, kid)
+    _check_options(reference, extractor, kid, readable)
     features = generator_features(generator, extractor, num_samples=num_samples, seed=seed, z_dim=z_dim,
                                   batch_size=batch_size, device=device, resolution=reference.resolution,
                                   verbose=verbose)
     return evaluate_features(features, reference, extractor=extractor, kid=kid, kid_subsets=kid_subsets,
-                             kid_subset_size=kid_subset_size, seed=seed, truncation=truncation,
+                             kid_subset_size=kid_subset_size, readable=readable,
+                             readable_threshold=readable_threshold, seed=seed, truncation=truncation,
                              checkpoint=checkpoint, cur_nimg=cur_nimg, start_time=start_time, run_dir=run_dir,
                              protocol=protocol, run_id=run_id)

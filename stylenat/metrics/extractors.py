@@ -71,12 +71,13 @@ def metric_name(kind: str, extractor_name: str, num_samples: int, full_reference
     """``fid50k`` / ``kid50k`` for clean-fid's Inception (``fid50k_full`` / ``kid50k_full`` when the reference
     statistics cover the full dataset, StyleGAN's names), ``fd_<name>50k`` / ``kd_<name>50k`` otherwise.
 
-    ``kind`` is ``"fd"`` (Fréchet distance) or ``"kd"`` (kernel distance); counts that are not whole
-    thousands are written out (``fd_tiny48``).
+    ``kind`` is ``"fd"`` (Fréchet distance), ``"kd"`` (kernel distance) or ``"readable"`` (the readable share
+    of :mod:`stylenat.metrics.readability`: ``readable_<name>1k``); counts that are not whole thousands are
+    written out (``fd_tiny48``).
     """
-    if kind not in ("fd", "kd"):
-        raise ValueError(f"metric kind must be 'fd' or 'kd', got {kind!r}")
-    inception = extractor_name == INCEPTION
+    if kind not in ("fd", "kd", "readable"):
+        raise ValueError(f"metric kind must be 'fd', 'kd' or 'readable', got {kind!r}")
+    inception = extractor_name == INCEPTION and kind != "readable"
     base = {"fd": "fid", "kd": "kid"}[kind] if inception else f"{kind}_{check_name(extractor_name)}"
     count = f"{num_samples // 1000}k" if num_samples % 1000 == 0 else str(num_samples)
     return f"{base}{count}" + ("_full" if inception and full_reference else "")

@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import tempfile
@@ -30,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
@@ -40,6 +38,8 @@ from PIL import Image
 from torch import Tensor
 
 from stylenat.data.prepare import prepared_filter
+from stylenat.generation import image_grid
+from stylenat.metrics import to_uint8
 from stylenat.metrics.samples import tf32
 from stylenat.models.checkpoint import save_generator
 from stylenat.models.safe_load import load_torch_file
@@ -70,15 +70,6 @@ def kimg_label(nimg: int) -> str:
 def run_dir(trainer: L.Trainer) -> Path:
     """The run directory; call on every rank (``trainer.log_dir`` is a collective under DDP)."""
     return Path(trainer.log_dir or trainer.default_root_dir)
-
-
-def image_grid(images: Tensor, columns: int) -> np.ndarray:
-    """Images ``[N, 3, H, W]`` in [-1, 1] -> uint8 ``[rows * H, columns * W, 3]``, row-major, no padding."""
-    n, c, h, w = images.shape
-    rows = math.ceil(n / columns)
-    images = torch.cat([images, images.new_full((rows * columns - n, c, h, w), -1.0)])
-    pixels = ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
-    return pixels.view(rows, columns, c, h, w).permute(0, 3, 1, 4, 2).reshape(rows * h, columns * w, c).numpy()
 
 
 def crossed_mark(nimg_before: int, nimg_after: int, marks_kimg: Sequence[float]) -> bool:
@@ -207,7 +198,7 @@ class ImageGrids(KimgScheduled, Callback):
         return torch.cat([pl_module.G_ema(chunk, update_w_avg=False).cpu() for chunk in z.split(self.batch_size)])
 
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule, tag: str, name: str, images: Tensor) -> None:
-        grid = image_grid(images, self._side(pl_module))
+        grid = image_grid(to_uint8(images), self._side(pl_module)).permute(1, 2, 0).numpy()  # [H, W, 3]
         assert self._dir is not None
         self._dir.mkdir(parents=True, exist_ok=True)
         Image.fromarray(grid).save(self._dir / name)

@@ -18,9 +18,12 @@ run keeps comparing against the best and an evaluation it redoes supersedes the 
 (:func:`stylenat.metrics.read_metric_records`).
 
 Metric words: ``"fid"`` is the Fréchet distance (measured at every evaluation), ``"kid"`` the kernel
-distance, both in the extractor's features. Only clean-fid's Inception gives records called
-``fid10k`` / ``kid10k`` (``fid10k_full`` against a full dataset); another extractor (for offline CPU
-runs: ``extractor="package.module:function"``, see :func:`stylenat.metrics.build_extractor`) labels them with its own name, e.g. ``fd_nat_digits10k``.
+distance, both in the extractor's features; ``"readable"`` the share of samples a classifier extractor is
+sure of, next to the reference images' share, with the class histogram (:mod:`stylenat.metrics.readability`;
+logged as ``metrics/readable_<name>`` and ``metrics/readable_<name>_relative``). Only clean-fid's Inception
+gives records called ``fid10k`` / ``kid10k`` (``fid10k_full`` against a full dataset); another extractor (for
+offline CPU runs: ``extractor="package.module:function"``, see :func:`stylenat.metrics.build_extractor`)
+labels them with its own name, e.g. ``fd_nat_digits10k``.
 
 ``protocol="stylenat-paper"`` measures as the paper did (:mod:`stylenat.metrics.protocols`): mode
 ``legacy_pytorch``, psi 1, against a seeded random 50k of ``ref_data``. G_ema is sampled with TF32 off
@@ -43,7 +46,7 @@ from stylenat.metrics import FeatureExtractor, ReferenceStats, evaluate_generato
 from stylenat.metrics import (build_extractor, build_reference, new_run_id, resolve_protocol,
                               warn_if_filters_differ)
 
-METRIC_KINDS = {"fid": "fd", "kid": "kd"}
+METRIC_KINDS = {"fid": "fd", "kid": "kd", "readable": "readable"}
 BEST_CHECKPOINT = Path("checkpoints") / "best.ckpt"
 
 
@@ -54,7 +57,8 @@ class MetricsCallback(Callback):
     ``cur_nimg`` (an int counter of real images shown).
 
     Args:
-        metrics: ``"fid"`` and/or ``"kid"``; the first is the one ``monitor_best`` watches.
+        metrics: ``"fid"``, ``"kid"`` and/or ``"readable"``; the first (a distance) is the one ``monitor_best``
+            watches.
         every_kimg: evaluate each time ``cur_nimg`` passes a multiple of this many thousand images.
         num_samples_during: samples per periodic evaluation.
         num_samples_final: samples of the evaluation at the end of training (0: none).
@@ -88,8 +92,13 @@ class MetricsCallback(Callback):
         if (ref is None) == (ref_data is None):
             raise ValueError("give exactly one of ref (named statistics such as 'ffhq:256:trainval70k') and ref_data "
                              f"(a dataset), got ref={ref!r}, ref_data={ref_data!r}")
-        if "kid" in metrics and ref is not None:
-            raise ValueError("kid needs the reference features, which clean-fid's named statistics lack: use ref_data")
+        if metrics and metrics[0] == "readable":
+            raise ValueError(f"the first metric is the distance monitor_best watches: list fid or kid before "
+                             f"readable, got {metrics}")
+        for needs_features in ("kid", "readable"):
+            if needs_features in metrics and ref is not None:
+                raise ValueError(f"{needs_features} needs the reference features, which clean-fid's named "
+                                 "statistics lack: use ref_data")
         if every_kimg <= 0 or num_samples_during < 2 or num_samples_final < 0 or batch_size < 1:
             raise ValueError(f"need every_kimg > 0, num_samples_during >= 2, num_samples_final >= 0 and batch_size "
                              f">= 1, got {every_kimg}, {num_samples_during}, {num_samples_final}, {batch_size}")
@@ -168,12 +177,15 @@ class MetricsCallback(Callback):
                                          extractor=self._extractor, num_samples=num_samples, seed=self.seed,
                                          z_dim=G.z_dim, batch_size=self.batch_size, device=pl_module.device,
                                          truncation=self.truncation, kid="kid" in self.metrics,
-                                         cur_nimg=pl_module.cur_nimg, run_dir=self.run_dir,
-                                         protocol=self.settings.protocol, run_id=self.run_id)
+                                         readable="readable" in self.metrics, cur_nimg=pl_module.cur_nimg,
+                                         run_dir=self.run_dir, protocol=self.settings.protocol, run_id=self.run_id)
         finally:
             G.train(was_training)
+        logged = {f"metrics/{r['metric']}": r["value"] for r in records}
+        logged.update({f"metrics/{r['metric']}_relative": r["relative"] for r in records
+                       if r.get("relative") is not None})
         for logger in trainer.loggers:  # loggers write on rank 0 only
-            logger.log_metrics({f"metrics/{r['metric']}": r["value"] for r in records}, step=trainer.global_step)
+            logger.log_metrics(logged, step=trainer.global_step)
         return records
 
     def _tick_of(self, pl_module: LightningModule) -> int:

@@ -25,6 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
@@ -138,7 +139,8 @@ def cached_digits_classifier(recipe: dict[str, Any] = RECIPE, cache_dir: str | o
 
 
 class ClassifierFeatures:
-    """A classifier's pooled pre-logit features as a :class:`~stylenat.metrics.FeatureExtractor`.
+    """A classifier's pooled pre-logit features as a :class:`~stylenat.metrics.FeatureExtractor`, and its class
+    probabilities from them (a :class:`~stylenat.metrics.readability.Classifier`, for readability).
 
     ``__call__``: uint8 ``[N, 3, H, W]`` -> float32 ``[N, model.num_features]``. Images are resized to the
     classifier's ``resolution`` (bilinear, antialiased) when they are not that size already, and scaled to
@@ -162,6 +164,12 @@ class ClassifierFeatures:
             x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", antialias=True,
                               align_corners=False)
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True).float()
+
+    @torch.no_grad()
+    def class_probabilities(self, features: np.ndarray | Tensor) -> Tensor:
+        """Features ``[N, num_features]`` from :meth:`__call__` -> the classifier's softmax ``[N, num_classes]``."""
+        features = torch.as_tensor(features, dtype=torch.float32, device=self.device)
+        return self.model.head(features).softmax(dim=1).cpu()
 
 
 def nat_digits_extractor(mode: str = "clean", device: str | torch.device = "cpu") -> ClassifierFeatures:

@@ -32,6 +32,17 @@ def tiny_extractor(mode="clean"):
     return CleanFIDExtractor(TinyNet(), name="tiny", feature_dim=8, mode=mode)
 
 
+class TinyClassifier(CleanFIDExtractor):
+    """``tiny_extractor``'s features, and 4 classes from them through a fixed linear head (for readability)."""
+
+    def __init__(self, mode="clean"):
+        super().__init__(TinyNet(), name="tiny", feature_dim=8, mode=mode)
+        self.head = torch.randn(8, 4, generator=torch.Generator().manual_seed(2)) * 8
+
+    def class_probabilities(self, features):
+        return (torch.as_tensor(features, dtype=torch.float32) @ self.head).softmax(dim=1)
+
+
 class TinyGenerator(nn.Module):
     """z [B, 8] -> images [B, 3, 16, 16] in [-1, 1]; fixed weights."""
 

@@ -2,12 +2,12 @@
 and the converted ffhq256 generator reproduces the reference implementation's images."""
 
 import argparse
-import importlib.util
+import json
 import re
-from pathlib import Path
 
 import pytest
 import torch
+from reference_weights import load_golden, random_state_dict, recipe
 
 from stylenat.models.convert import (
     convert_discriminator,
@@ -20,24 +20,6 @@ from stylenat.models.discriminator import create_discriminator
 from stylenat.models.generator import create_generator
 from stylenat.models.pixels import IMAGENET_MEAN, IMAGENET_STD
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f"reference data not found at {DATA} "
-                                                          "(the shared/ folder beside the repository)")
-
-
-@pytest.fixture(scope="module")
-def reference():
-    """shared/data/reference_weights.py: read_keys (names and shapes) and recipe (deterministic values)."""
-    spec = importlib.util.spec_from_file_location("reference_weights", DATA / "reference_weights.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _random_state_dict(reference, file, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return {name: torch.randn(shape, generator=g) for name, shape in reference.read_keys(DATA / file)}
-
 
 @pytest.fixture(scope="module")
 def g256():
@@ -46,9 +28,9 @@ def g256():
 
 
 @pytest.fixture(scope="module")
-def g256_sd(reference):
+def g256_sd():
     """Random values for the reference ffhq256 generator's tensors (tests copy the dict before editing it)."""
-    return _random_state_dict(reference, "official_stylenat_g256_legacy_state_dict.txt")
+    return random_state_dict("official_stylenat_g256_legacy_state_dict.txt")
 
 
 def _expected_generator_tensor(name, value, G, sd):
@@ -83,9 +65,9 @@ FIXED_G = ("relative_position_index", "sin_pos_embed._float_tensor", "upsample.k
 @pytest.mark.parametrize("file, preset", [("official_stylenat_g256_legacy_state_dict.txt", "ffhq256"),
                                           ("official_stylenat_g1024_legacy_state_dict.txt", "ffhq1024")],
                          ids=["g256", "g1024"])
-def test_generator_tensors_land_in_place(reference, file, preset, g256, g256_sd):
+def test_generator_tensors_land_in_place(file, preset, g256, g256_sd):
     G = g256 if preset == "ffhq256" else create_generator(preset)
-    sd = g256_sd if preset == "ffhq256" else _random_state_dict(reference, file)
+    sd = g256_sd if preset == "ffhq256" else random_state_dict(file)
     G.load_state_dict(convert_generator(sd, G, w_avg_samples=64))  # strict
     ours = G.state_dict()
     placed = set()
@@ -113,9 +95,9 @@ def test_newer_per_group_rpb_layout_converts_alike(g256, g256_sd):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_d256_tensors_land_in_place(reference):
+def test_d256_tensors_land_in_place():
     D = create_discriminator("ffhq256")
-    sd = _random_state_dict(reference, "official_stylenat_d256_state_dict.txt")
+    sd = random_state_dict("official_stylenat_d256_state_dict.txt")
     D.load_state_dict(convert_discriminator(sd, D))  # strict
     ours = D.state_dict()
     renames = [(r"^from_rgbs\.(\d+)\.conv\.0\.", r"from_rgbs.\1.conv."),
@@ -138,10 +120,10 @@ def test_d256_tensors_land_in_place(reference):
     assert placed == set(ours)
 
 
-def test_checkpoint_nesting(reference, g256, g256_sd):
+def test_checkpoint_nesting(g256, g256_sd):
     D = create_discriminator("ffhq256")
     g, g_ema = {"style.1.weight": torch.zeros(512, 512)}, g256_sd  # only g_ema is loaded
-    d = _random_state_dict(reference, "official_stylenat_d256_state_dict.txt", seed=3)
+    d = random_state_dict("official_stylenat_d256_state_dict.txt", seed=3)
     old = {"g": g, "g_ema": g_ema, "d": d, "g_optim": {}, "args": argparse.Namespace(size=256)}
     new = {"state_dicts": {"g": g, "g_ema": g_ema, "d": d}, "args": {"size": 256}}
     for checkpoint in (old, new):
@@ -163,7 +145,7 @@ def test_checkpoint_from_a_path(tmp_path):
         assert torch.equal(official_state_dict(path)["x"], tensor)
 
 
-def test_errors_list_every_problem(reference, g256, g256_sd):
+def test_errors_list_every_problem(g256, g256_sd):
     sd = dict(g256_sd)
     sd["layers.0.blocks.0.attn.extra"] = torch.zeros(1)
     del sd["layers.3.blocks.1.mlp.fc2.bias"]
@@ -181,21 +163,21 @@ def test_errors_list_every_problem(reference, g256, g256_sd):
     with pytest.raises(ValueError, match="head group 1 has kernel 5"):
         convert_generator(g256_sd, other_kernels)
 
-    d = _random_state_dict(reference, "official_stylenat_d256_state_dict.txt")
+    d = random_state_dict("official_stylenat_d256_state_dict.txt")
     d["final_linear.3.bias"] = torch.zeros(1)
     with pytest.raises(ValueError, match="unmapped in the checkpoint: final_linear.3.bias"):
         convert_discriminator(d, create_discriminator("ffhq256"))
 
 
-def test_converted_ffhq256_reproduces_the_reference_images(reference, g256):
+def test_converted_ffhq256_reproduces_the_reference_images(g256):
     """Numeric parity: the reference implementation's own output for recipe weights and two latents.
 
     Tighter than the spec's 1e-4 (we measure < 1e-6; float32 and float64 runs of the reference differ
     by 2e-6): at 1e-5 even AdaIN's eps (1e-5 vs 1e-6 moves the output by 3e-5) is pinned down.
     """
-    golden = torch.load(DATA / "official_stylenat_g256_golden.pt")
-    sd = reference.recipe(DATA / "official_stylenat_g256_legacy_state_dict.txt")
-    assert set(golden["learned"]) <= set(sd)
+    golden, meta = load_golden("official_stylenat_g256_golden.safetensors")
+    sd = recipe("official_stylenat_g256_legacy_state_dict.txt")
+    assert set(json.loads(meta["learned"])) <= set(sd)
     g256.eval().load_state_dict(convert_generator(sd, g256, w_avg_samples=8))
     with torch.no_grad():
         img = g256(golden["z"])

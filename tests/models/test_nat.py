@@ -1,14 +1,12 @@
 """NAT / DiNAT classifiers: sizes against the spec, parity with the reference, converters, shapes, registry.
 
-Numbers come from shared/spec/nat-dinat.md. Big models are built on the meta device (shapes only), so
+Numbers are the NAT and DiNAT papers' tables. Big models are built on the meta device (shapes only), so
 the whole file stays cheap; real arithmetic runs on the Mini models and on small inputs.
 """
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from reference_weights import load_golden, nat_recipe, read_keys
 from safetensors.torch import save_file
 from torch import nn
 
@@ -24,8 +22,6 @@ from stylenat.models.nat import (
     list_models,
     to_transformers,
 )
-
-SHARED_DATA = Path(__file__).parents[2].parent / "shared" / "data"
 
 # Parameter counts (millions, 1000 classes): the spec's table; DiNAT sizes equal NAT's of the same name.
 PARAMS_M = {
@@ -167,25 +163,15 @@ def test_invalid_dilations_fail_at_construction_naming_the_layer():
 # Numeric parity with the reference implementation
 
 
-@pytest.fixture(scope="module")
-def reference_weights():
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"{SHARED_DATA} is absent: the reference parity data lives in ../shared beside the repository")
-    spec = importlib.util.spec_from_file_location("reference_weights", SHARED_DATA / "reference_weights.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("name", ["nat_mini", "dinat_mini"])
-def test_reference_logits(name, reference_weights):
-    golden = torch.load(SHARED_DATA / "reference_nat_dinat_mini_golden.pt")
-    state = reference_weights.nat_recipe(SHARED_DATA / f"reference_{name}_state_dict.txt")
+def test_reference_logits(name):
+    golden, _ = load_golden("reference_nat_dinat_mini_golden.safetensors")
+    state = nat_recipe(f"reference_{name}_state_dict.txt")
     model = create_model(name).eval()
     model.load_state_dict(convert_reference(state, model))
     with torch.no_grad():
         logits = model(golden["x"])
-    torch.testing.assert_close(logits, golden["logits"][name], rtol=0, atol=1e-4)
+    torch.testing.assert_close(logits, golden[f"logits.{name}"], rtol=0, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,8 +183,8 @@ def random_state(model: nn.Module) -> dict:
     return {k: torch.randn(v.shape) for k, v in model.state_dict().items()}
 
 
-def test_reference_names_map_value_exactly(reference_weights):
-    rows = reference_weights.read_keys(SHARED_DATA / "reference_dinat_mini_state_dict.txt")
+def test_reference_names_map_value_exactly():
+    rows = read_keys("reference_dinat_mini_state_dict.txt")
     state = {name: torch.randn(shape) for name, shape in rows}
     converted = convert_reference(state, meta_model("dinat_mini"))
     assert converted.keys() == state.keys()
@@ -317,6 +303,7 @@ def test_pretrained_files(tmp_path):
 # Forward, backward, heads and backbone outputs
 
 
+@pytest.mark.slow  # DiNAT-Mini at 224x224, forward and backward: among the heaviest CPU tests
 def test_forward_backward_224():
     torch.manual_seed(0)
     model = create_model("dinat_mini", num_classes=10)

@@ -17,12 +17,12 @@ from stylenat.training import metrics_callback
 from stylenat.training.metrics_callback import MetricsCallback
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "metrics"))
-from metrics_helpers import random_images, tiny_extractor, write_pngs  # noqa: E402  (the metrics tests' tiny net)
+from metrics_helpers import TinyClassifier, random_images, tiny_extractor, write_pngs  # noqa: E402  (the metrics tests' tiny net)
 
 
 def tiny_factory(mode, device):
     """An extractor factory as a YAML config names it: ``extractor: "package.module:function"``."""
-    return tiny_extractor(mode)
+    return TinyClassifier(mode)
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +50,7 @@ class DummyGAN(LightningModule):
 
 def test_trainer_run_logs_records_and_keeps_the_best(tmp_path):
     real = write_pngs(tmp_path / "real", random_images(16, seed=0, res=32))
-    callback = MetricsCallback(metrics=["fid", "kid"], every_kimg=0.016, num_samples_during=8, num_samples_final=12,
+    callback = MetricsCallback(metrics=["fid", "kid", "readable"], every_kimg=0.016, num_samples_during=8, num_samples_final=12,
                                ref_data=str(real), extractor=f"{__name__}:tiny_factory", batch_size=8)
     module = DummyGAN()
     w_avg = module.G_ema.mapping.w_avg.clone()
@@ -65,6 +65,8 @@ def test_trainer_run_logs_records_and_keeps_the_best(tmp_path):
     assert during[0]["value"] == during[1]["value"] > 0  # G_ema did not change
     assert (during[0]["seed"], during[0]["truncation"], during[0]["extractor"]) == (0, 1.0, "tiny")
     assert len((run_dir / "metric-kd_tiny8.jsonl").read_text().splitlines()) == 2
+    readable = [json.loads(line) for line in (run_dir / "metric-readable_tiny8.jsonl").read_text().splitlines()]
+    assert [r["cur_nimg"] for r in readable] == [16, 32] and len(readable[0]["class_shares"]) == 4
     final, = [json.loads(line) for line in (run_dir / "metric-fd_tiny12.jsonl").read_text().splitlines()]
     assert final["cur_nimg"] == 32 and final["num_samples"] == 12
 
@@ -72,6 +74,9 @@ def test_trainer_run_logs_records_and_keeps_the_best(tmp_path):
     assert [e.value for e in events.Scalars("metrics/fd_tiny8")] == pytest.approx([r["value"] for r in during])
     assert [e.step for e in events.Scalars("metrics/fd_tiny8")] == [2, 4]
     assert "metrics/kd_tiny12" in events.Tags()["scalars"]
+    assert [e.value for e in events.Scalars("metrics/readable_tiny8")] == pytest.approx([r["value"] for r in readable])
+    assert readable[0]["reference_value"] > 0  # so the ratio to the reals is logged too
+    assert events.Scalars("metrics/readable_tiny8_relative")[0].value == pytest.approx(readable[0]["relative"])
 
     best = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=False)
     assert best["callbacks"][callback.state_key] == {"best": during[0]["value"], "run_id": callback.run_id}
@@ -122,6 +127,8 @@ def test_best_checkpoint_only_when_the_metric_improves(monkeypatch, tmp_path):
     (dict(), "exactly one of ref"),
     (dict(ref="ffhq:256:trainval70k", ref_data="d"), "exactly one of ref"),
     (dict(metrics=["fid", "kid"], ref="ffhq:256:trainval70k"), "kid needs the reference features"),
+    (dict(metrics=["fid", "readable"], ref="ffhq:256:trainval70k"), "readable needs the reference features"),
+    (dict(metrics=["readable", "fid"], ref_data="d"), "list fid or kid before readable"),
     (dict(ref_data="d", every_kimg=0), "every_kimg > 0"),
 ])
 def test_option_errors(kwargs, message):

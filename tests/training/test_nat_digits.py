@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from stylenat.metrics import feature_stats, frechet_distance
+from stylenat.metrics.readability import readability
 from stylenat.training import nat_digits
 
 TINY = {**nat_digits.RECIPE, "epochs": 1, "depths": [1, 1, 1]}
@@ -56,6 +57,9 @@ def test_extractor_protocol_and_preprocessing(tmp_path):
     features = extractor(images)
     assert features.shape == (5, extractor.feature_dim) == (5, 128) and features.dtype == torch.float32
     assert extractor.mode == "native32"
+    with torch.no_grad():  # the features give the classifier's own probabilities
+        expected = model(images.float() / 127.5 - 1).softmax(1)
+    torch.testing.assert_close(extractor.class_probabilities(features.numpy()), expected, rtol=0, atol=1e-6)
     upscaled = torch.nn.functional.interpolate(images.float(), scale_factor=2, mode="nearest").to(torch.uint8)
     assert extractor(upscaled).shape == (5, 128)  # other sizes are resized to 32x32 first
     with pytest.raises(ValueError, match="uint8"):
@@ -81,3 +85,9 @@ def test_default_recipe_is_accurate_and_separates_real_from_corrupted(tmp_path, 
     blurred = frechet_distance(*real, *stats(torch.nn.functional.avg_pool2d(test_images, 4, 1, 2)[..., :32, :32]))
     noise = frechet_distance(*real, *stats(torch.rand_like(test_images) * 2 - 1))
     assert same < blurred < noise
+
+    def readable(images):  # the share the classifier is sure of (>= 0.9)
+        uint8 = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return readability(extractor.class_probabilities(extractor(uint8)))[0]
+
+    assert readable(test_images) > 0.5 > 0.1 > readable(torch.rand_like(test_images) * 2 - 1)
