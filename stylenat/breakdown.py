@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,18 +160,25 @@ def attribute(events) -> list[Row]:
     return sorted(rows, key=lambda row: row.total_ms, reverse=True)
 
 
-def profile_breakdown(run: Callable[[], object], modules: list[nn.Module], title: str) -> Breakdown:
-    """Profile one call of ``run`` with the components of ``modules`` scoped; its rows and wall time."""
+@contextmanager
+def profiled(modules: list[nn.Module]) -> Iterator[Callable[[], list[Row]]]:
+    """Profile the block with the components of ``modules`` scoped; yields a function that, after the block,
+    returns the rows (:func:`attribute`)."""
     categories = {}
     for model in modules:
         categories.update(module_categories(model))
-    with scoped_modules(categories), native_stderr_silenced(), \
-            profile(activities=[ProfilerActivity.CPU]) as prof:
+    with scoped_modules(categories), native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        with record_function(SCOPE + OTHER):  # Python time between the ops counts too
+            yield lambda: attribute(prof.events())
+
+
+def profile_breakdown(run: Callable[[], object], modules: list[nn.Module], title: str) -> Breakdown:
+    """Profile one call of ``run`` with the components of ``modules`` scoped; its rows and wall time."""
+    with profiled(modules) as rows:
         start = time.perf_counter()
-        with record_function(SCOPE + OTHER):
-            run()
+        run()
         wall = time.perf_counter() - start
-    return Breakdown(attribute(prof.events()), wall * 1e3, title)
+    return Breakdown(rows(), wall * 1e3, title)
 
 
 def generator_breakdown(preset: str, *, batch: int = 1, backend: str = "cpu", iterations: int = 1,
@@ -209,19 +216,26 @@ def training_breakdown(config: str | Path, *, steps: int | None = None, warmup: 
     if not path.is_file():
         raise ValueError(f"config: no such file {str(path)!r}")
     sections = yaml.safe_load(path.read_text())
+    gan = "stylenat.training.gan.StyleNATGAN"
+    if not (isinstance(sections, dict) and all(isinstance(sections.get(key), dict) for key in ("model", "data"))
+            and sections["model"].get("class_path") == gan and "init_args" in sections["data"]):
+        raise ValueError(f"config: {str(path)!r} is not a GAN config (model.class_path {gan} and data.init_args)")
     model_args = {**sections["model"]["init_args"], "image_snapshot_kimg": None, "export_snapshot_kimg": None,
                   **(overrides or {})}
     torch.manual_seed(sections.get("seed_everything", 0))
     model = StyleNATGAN(**model_args)
     steps = steps or (model.hparams.r1_interval if model.hparams.r1_gamma > 0 else 1)
-    profiled = _ProfiledSteps(first=warmup, count=steps, modules=[model.G, model.D])
+    recorder = _ProfiledSteps(first=warmup, count=steps, modules=[model.G, model.D])
     with tempfile.TemporaryDirectory() as root:
         trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=2 * (warmup + steps), default_root_dir=root,
                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, use_distributed_sampler=False, callbacks=[profiled])
+                            enable_model_summary=False, use_distributed_sampler=False, callbacks=[recorder])
         data = {**sections["data"]["init_args"], "resolution": model.G.size}  # linked as ``stylenat fit`` does
         trainer.fit(model, datamodule=StyleNATDataModule(**data))
-    return Breakdown(profiled.rows, profiled.wall_ms,
+    if not recorder.rows:
+        raise ValueError(f"config: training stopped before step {warmup + steps} (model.total_kimg is "
+                         f"{model.hparams.total_kimg:g}); profile fewer steps")
+    return Breakdown(recorder.rows, recorder.wall_ms,
                      f"{path.name} training, {steps} step(s) of batch {data.get('batch_size')}, "
                      f"{torch.get_num_threads()} thread(s)")
 
@@ -233,30 +247,18 @@ class _ProfiledSteps(L.Callback):
         self.first, self.count, self.modules = first, count, modules
         self.rows: list[Row] = []
         self.wall_ms = 0.0
+        self._stack = ExitStack()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx == self.first:
-            categories = {}
-            for model in self.modules:
-                categories.update(module_categories(model))
-            self._scopes = scoped_modules(categories)
-            self._scopes.__enter__()
-            self._silenced = native_stderr_silenced()
-            self._silenced.__enter__()
-            self._prof = profile(activities=[ProfilerActivity.CPU])
-            self._prof.__enter__()
-            self._whole = record_function(SCOPE + OTHER)
-            self._whole.__enter__()
+            self._rows = self._stack.enter_context(profiled(self.modules))
             self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if batch_idx == self.first + self.count - 1:
             self.wall_ms = (time.perf_counter() - self._start) * 1e3
-            self._whole.__exit__(None, None, None)
-            self._prof.__exit__(None, None, None)
-            self._silenced.__exit__(None, None, None)
-            self._scopes.__exit__(None, None, None)
-            self.rows = attribute(self._prof.events())
+            self._stack.close()
+            self.rows = self._rows()
 
 
 def format_table(breakdown: Breakdown) -> str:

@@ -68,9 +68,12 @@ def test_profile_cpu_script_prints_the_table(capsys, monkeypatch):
     assert "| **all** |" in out and "load average" in out
 
 
-def test_profile_cpu_script_names_a_missing_config(capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["profile_cpu.py", "--train", "no/such.yaml"])
+@pytest.mark.parametrize("config, message", [("no/such.yaml", "no such file 'no/such.yaml'"),
+                                             ("configs/nat_digits.yaml", "is not a GAN config")])
+def test_profile_cpu_script_names_a_bad_config(config, message, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(sys, "argv", ["profile_cpu.py", "--train", config])
     with pytest.raises(SystemExit) as done:
         runpy.run_path(str(REPO / "scripts" / "profile_cpu.py"), run_name="__main__")
     assert done.value.code == 2
-    assert "no such file 'no/such.yaml'" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
