@@ -1,11 +1,11 @@
 """Where the CPU time goes: one ``torch.profiler`` run of a workload, its time split by model component.
 
-    rows = generator_breakdown("ffhq256", batch=1)          # G sampling
-    rows = training_breakdown("configs/demo.yaml")          # the demo's Lightning training steps
-    print(format_table(rows))
+    result = generator_breakdown("ffhq256", batch=1)        # G sampling
+    result = training_breakdown("configs/demo.yaml")        # the demo's Lightning training steps
+    print(format_table(result))
 
 Forward hooks open a profiler scope (``record_function``) around every module of a known kind (the mapping
-network, AdaIN, the attention's qkv/proj linears, the MLP, token up-sampling, ToRGB, FIR filters, D). Each
+network, AdaIN, the attention's qkv/proj linears, the MLP, token up-sampling, ToRGB, FIR filters; D whole). Each
 profiled op's *self* time goes to the innermost scope around it; ``natten_ops::`` ops are the attention
 kernels wherever they run, and torch's ``Optimizer.step#...`` scopes the optimizer. Backward ops run under
 ``autograd::engine::evaluate_function`` events whose sequence number is that of the forward op that made
@@ -32,6 +32,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from stylenat.profiling import native_stderr_silenced
+from stylenat.training.gan import PHASE_SCOPES
 
 SCOPE = "breakdown::"
 ATTENTION_KERNELS = "attention: natten_ops kernels"
@@ -47,8 +48,8 @@ MAPPING = "mapping network"
 DISCRIMINATOR = "D (forward, backward)"
 OPTIMIZER = "optimizers (Adam, clipping, zero_grad)"
 OTHER = "other (residual adds, Python, Lightning)"
-PHASES = {"stylenat::R1 step": "R1 step (D forward, double backward, Adam)", "stylenat::bCR": "bCR (augment, D)",
-          "stylenat::G_ema update": "G_ema update"}
+PHASES = {PHASE_SCOPES["R1"]: "R1 step (D forward, double backward, Adam)", PHASE_SCOPES["bCR"]: "bCR (augment, D)",
+          PHASE_SCOPES["G_ema"]: "G_ema update"}
 """Profiler scopes of :mod:`stylenat.training.gan` whose whole content is one component."""
 _BACKWARD = "autograd::engine::evaluate_function:"
 
@@ -84,7 +85,7 @@ class Breakdown:
 
 
 def module_categories(model: nn.Module) -> dict[nn.Module, str]:
-    """The component of every submodule of ``model`` that has one (StyleNAT generator and discriminator parts)."""
+    """The component of every submodule of ``model`` that has one (the generator's parts; D as a whole)."""
     from stylenat.models.attention import RelativePositionAttention, _GroupedNeighborhoodAttention
     from stylenat.models.discriminator import Discriminator
     from stylenat.models.generator import MappingNetwork, ToRGB, TokenUpsample
@@ -100,6 +101,10 @@ def module_categories(model: nn.Module) -> dict[nn.Module, str]:
                 categories[module] = category
         if isinstance(module, _GroupedNeighborhoodAttention):
             categories[module.qkv] = categories[module.proj] = ATTENTION_LINEARS
+    for module in model.modules():
+        if isinstance(module, Discriminator):  # its FIR filters are D's
+            for part in list(module.modules())[1:]:
+                categories.pop(part, None)
     return categories
 
 

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from stylenat import breakdown
-from stylenat.breakdown import generator_breakdown, training_breakdown
+from stylenat.breakdown import generator_breakdown, module_categories, training_breakdown
+from stylenat.models import create_discriminator, create_generator
+from stylenat.training.gan import PHASE_SCOPES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,10 +54,15 @@ def test_training_breakdown_splits_forward_backward_and_the_phases():
     for category in (breakdown.DISCRIMINATOR, breakdown.ATTENTION_KERNELS, breakdown.MLP, breakdown.ADAIN,
                      breakdown.ATTENTION_LINEARS):
         assert rows[category].forward_ms > 0 and rows[category].backward_ms > 0, category
-    r1, bcr = breakdown.PHASES["stylenat::R1 step"], breakdown.PHASES["stylenat::bCR"]
-    assert rows[r1].backward_ms > 0 and rows[bcr].backward_ms > 0
-    assert rows[breakdown.PHASES["stylenat::G_ema update"]].total_ms > 0
+    r1, bcr, ema = (breakdown.PHASES[PHASE_SCOPES[phase]] for phase in ("R1", "bCR", "G_ema"))
+    assert rows[r1].backward_ms > 0 and rows[bcr].backward_ms > 0 and rows[ema].total_ms > 0
     assert rows[breakdown.OPTIMIZER].total_ms > 0
+
+
+def test_d_is_one_component_and_the_generator_fir_filters_their_own():
+    G, D = create_generator("demo"), create_discriminator("demo")
+    assert set(module_categories(D).values()) == {breakdown.DISCRIMINATOR}
+    assert breakdown.FIR in module_categories(G).values()
 
 
 def test_profile_cpu_script_prints_the_table(capsys, monkeypatch):
