@@ -16,7 +16,8 @@ from PIL import Image
 from natten_ops import window_indices
 from stylenat.cli import main
 from stylenat.metrics import CleanFIDExtractor, weights, z_from_seeds
-from stylenat.models.checkpoint import load_generator, save_generator
+from stylenat.checkpoints import load_generator
+from stylenat.models.checkpoint import save_generator
 from stylenat.models.generator import create_generator
 
 sys.path.insert(0, str(Path(__file__).parent / "metrics"))

@@ -120,7 +120,7 @@ class StyleNATGAN(L.LightningModule):
 
     Batches are reals ``[B, 3, R, R]`` in ``[-1, 1]`` (:class:`stylenat.data.StyleNATDataModule`); ``R`` must
     be the generator's size. Holds ``G``, ``D`` and ``G_ema`` (always in eval mode); the hyper-parameters
-    ``generator`` and ``generator_kwargs`` rebuild G for :func:`stylenat.models.load_generator`.
+    ``generator`` and ``generator_kwargs`` rebuild G for :func:`stylenat.checkpoints.load_generator`.
 
     Logs ``Loss/G``, ``Loss/D`` (logistic part), ``Loss/bcr``, ``Loss/r1`` (the raw penalty, on R1 steps),
     ``Logits/real``, ``Logits/fake`` (mean D outputs), ``Progress/kimg``, ``Progress/kimg_per_s``,
