@@ -16,7 +16,8 @@ from PIL import Image
 from natten_ops import window_indices
 from stylenat.cli import main
 from stylenat.metrics import CleanFIDExtractor, weights, z_from_seeds
-from stylenat.models.checkpoint import load_generator, save_generator
+from stylenat.checkpoints import load_generator
+from stylenat.models.checkpoint import save_generator
 from stylenat.models.generator import create_generator
 
 sys.path.insert(0, str(Path(__file__).parent / "metrics"))
@@ -108,8 +109,8 @@ def test_generate_grid_latents_and_truncation(ckpt, tmp_path):
             "--outdir", tmp_path, "--grid", "--save-latents"]
     assert run(*argv) == 0
     grid = pixels(tmp_path / "grid.png")
-    assert grid.shape == (64, 96, 3)  # 5 images: 3 columns, 2 rows
-    assert np.array_equal(grid[32:, 32:64], pixels(tmp_path / "seed0004.png"))
+    assert grid.shape == (2 * 32 + 3 * 2, 3 * 32 + 4 * 2, 3)  # 5 images: 3 columns, 2 rows, 2 px gaps
+    assert np.array_equal(grid[36:68, 36:68], pixels(tmp_path / "seed0004.png"))  # row 1, column 1
     with np.load(tmp_path / "latents.npz") as f:
         assert f["seeds"].tolist() == [0, 1, 2, 3, 4]
         assert np.array_equal(f["z"], z_from_seeds(range(5), 128).numpy())

@@ -106,6 +106,27 @@ def _inverse_halo(first, last, length, kernel):
 
 
 @triton.jit
+def _tile_positions(r0, c0, len_h, len_w, TH: tl.constexpr, TW: tl.constexpr):
+    """In-group row and column of the ``TH * TW`` positions of the tile at ``(r0, c0)`` (row-major, each
+    ``[TH * TW]``) and whether each lies inside the group."""
+    i = tl.arange(0, TH * TW)
+    r = r0 + i // TW
+    c = c0 + i % TW
+    return r, c, (r < len_h) & (c < len_w)
+
+
+@triton.jit
+def _query_windows(q_r, q_c, r0, c0, len_h, len_w, kh, kw, TH: tl.constexpr, TW: tl.constexpr):
+    """Window starts of the tile's queries (``[TH * TW]`` each) and the halo of keys their windows cover,
+    ``[halo_r0, halo_r1) x [halo_c0, halo_c1)``."""
+    start_r = _window_start(q_r, len_h, kh)
+    start_c = _window_start(q_c, len_w, kw)
+    halo_r0, halo_r1 = _halo(r0, tl.minimum(r0 + TH, len_h) - 1, len_h, kh)
+    halo_c0, halo_c1 = _halo(c0, tl.minimum(c0 + TW, len_w) - 1, len_w, kw)
+    return start_r, start_c, halo_r0, halo_r1, halo_c0, halo_c1
+
+
+@triton.jit
 def _positions(base, b, h, gh, gw, dh, dw, tr, tc, s_b, s_h, s_r, s_c):
     """Pointers to element 0 of the in-group positions ``(tr, tc)`` (broadcast together) of a
     ``[B, heads, H, W, D]`` tensor; 64-bit offsets."""
@@ -150,28 +171,20 @@ def na2d_forward_kernel(
     kh, kw, dh, dw, bias_offset = _head_params(table, h)
     gh, gw, len_h, len_w, r0, c0, ok = _tile_of_program(tl.program_id(0), H, W, dh, dw, TH, TW)
     if ok:
-        m = tl.arange(0, TH * TW)
-        q_r = r0 + m // TW
-        q_c = c0 + m % TW
-        q_ok = (q_r < len_h) & (q_c < len_w)
-        start_r = _window_start(q_r, len_h, kh)
-        start_c = _window_start(q_c, len_w, kw)
+        q_r, q_c, q_ok = _tile_positions(r0, c0, len_h, len_w, TH, TW)
+        start_r, start_c, halo_r0, halo_r1, halo_c0, halo_c1 = _query_windows(q_r, q_c, r0, c0, len_h, len_w,
+                                                                              kh, kw, TH, TW)
         offs_d = tl.arange(0, BLOCK_D)
         d_ok = offs_d < D
         q = tl.load(_rows_ptr(Q, b, h, gh, gw, dh, dw, q_r, q_c, sq_b, sq_h, sq_r, sq_c, offs_d),
                     mask=q_ok[:, None] & d_ok[None, :], other=0.0)
-        halo_r0, halo_r1 = _halo(r0, tl.minimum(r0 + TH, len_h) - 1, len_h, kh)
-        halo_c0, halo_c1 = _halo(c0, tl.minimum(c0 + TW, len_w) - 1, len_w, kw)
 
         row_max = tl.full([TH * TW], float("-inf"), tl.float32)
         row_sum = tl.zeros([TH * TW], tl.float32)
         acc = tl.zeros([TH * TW, BLOCK_D], tl.float32)
-        n = tl.arange(0, KR * KC)
         for kr0 in range(halo_r0, halo_r1, KR):
             for kc0 in range(halo_c0, halo_c1, KC):
-                k_r = kr0 + n // KC
-                k_c = kc0 + n % KC
-                k_ok = (k_r < halo_r1) & (k_c < halo_c1)
+                k_r, k_c, k_ok = _tile_positions(kr0, kc0, halo_r1, halo_c1, KR, KC)
                 kv_mask = k_ok[:, None] & d_ok[None, :]
                 k = tl.load(_rows_ptr(K, b, h, gh, gw, dh, dw, k_r, k_c, sk_b, sk_h, sk_r, sk_c, offs_d),
                             mask=kv_mask, other=0.0)
@@ -212,12 +225,9 @@ def na2d_backward_dq_kernel(
     kh, kw, dh, dw, bias_offset = _head_params(table, h)
     gh, gw, len_h, len_w, r0, c0, ok = _tile_of_program(tl.program_id(0), H, W, dh, dw, TH, TW)
     if ok:
-        m = tl.arange(0, TH * TW)
-        q_r = r0 + m // TW
-        q_c = c0 + m % TW
-        q_ok = (q_r < len_h) & (q_c < len_w)
-        start_r = _window_start(q_r, len_h, kh)
-        start_c = _window_start(q_c, len_w, kw)
+        q_r, q_c, q_ok = _tile_positions(r0, c0, len_h, len_w, TH, TW)
+        start_r, start_c, halo_r0, halo_r1, halo_c0, halo_c1 = _query_windows(q_r, q_c, r0, c0, len_h, len_w,
+                                                                              kh, kw, TH, TW)
         offs_d = tl.arange(0, BLOCK_D)
         d_ok = offs_d < D
         q_mask = q_ok[:, None] & d_ok[None, :]
@@ -228,16 +238,11 @@ def na2d_backward_dq_kernel(
         position = bh.to(tl.int64) * H * W + (gh + dh * q_r) * W + gw + dw * q_c
         lse = tl.load(Lse + position, mask=q_ok, other=0.0)
         delta = tl.load(Delta + position, mask=q_ok, other=0.0)
-        halo_r0, halo_r1 = _halo(r0, tl.minimum(r0 + TH, len_h) - 1, len_h, kh)
-        halo_c0, halo_c1 = _halo(c0, tl.minimum(c0 + TW, len_w) - 1, len_w, kw)
 
         dq = tl.zeros([TH * TW, BLOCK_D], tl.float32)
-        n = tl.arange(0, KR * KC)
         for kr0 in range(halo_r0, halo_r1, KR):
             for kc0 in range(halo_c0, halo_c1, KC):
-                k_r = kr0 + n // KC
-                k_c = kc0 + n % KC
-                k_ok = (k_r < halo_r1) & (k_c < halo_c1)
+                k_r, k_c, k_ok = _tile_positions(kr0, kc0, halo_r1, halo_c1, KR, KC)
                 kv_mask = k_ok[:, None] & d_ok[None, :]
                 k = tl.load(_rows_ptr(K, b, h, gh, gw, dh, dw, k_r, k_c, sk_b, sk_h, sk_r, sk_c, offs_d),
                             mask=kv_mask, other=0.0)
@@ -270,10 +275,7 @@ def na2d_backward_dkv_kernel(
     kh, kw, dh, dw, bias_offset = _head_params(table, h)
     gh, gw, len_h, len_w, r0, c0, ok = _tile_of_program(tl.program_id(0), H, W, dh, dw, TH, TW)
     if ok:
-        n = tl.arange(0, TH * TW)
-        k_r = r0 + n // TW
-        k_c = c0 + n % TW
-        k_ok = (k_r < len_h) & (k_c < len_w)
+        k_r, k_c, k_ok = _tile_positions(r0, c0, len_h, len_w, TH, TW)
         offs_d = tl.arange(0, BLOCK_D)
         d_ok = offs_d < D
         k_mask = k_ok[:, None] & d_ok[None, :]
@@ -286,12 +288,9 @@ def na2d_backward_dkv_kernel(
 
         dk = tl.zeros([TH * TW, BLOCK_D], tl.float32)
         dv = tl.zeros([TH * TW, BLOCK_D], tl.float32)
-        m = tl.arange(0, KR * KC)
         for qr0 in range(inv_r0, inv_r1, KR):
             for qc0 in range(inv_c0, inv_c1, KC):
-                q_r = qr0 + m // KC
-                q_c = qc0 + m % KC
-                q_ok = (q_r < inv_r1) & (q_c < inv_c1)
+                q_r, q_c, q_ok = _tile_positions(qr0, qc0, inv_r1, inv_c1, KR, KC)
                 q_mask = q_ok[:, None] & d_ok[None, :]
                 q = tl.load(_rows_ptr(Q, b, h, gh, gw, dh, dw, q_r, q_c, sq_b, sq_h, sq_r, sq_c, offs_d),
                             mask=q_mask, other=0.0)

@@ -159,7 +159,7 @@ def probe_gan_run(root: str, since: str, device: str) -> dict:
     (checkpoints/last.ckpt), its scalars (see :func:`probe_scalars`) and the export run on ``device``."""
     import torch
 
-    from stylenat.models import load_generator
+    from stylenat.checkpoints import load_generator
 
     folder = Path(root)
     counters = {}

@@ -238,11 +238,15 @@ def throughput(run: Run, step: StepRecord, what: str, argv: list[str]) -> list[d
     result = run.command(step, what, argv)
     if result is None:
         return []
-    rows = []
-    for line in result.output.splitlines():
+    rows, header = [], None
+    for line in result.output.splitlines():  # the table, read by its header (columns may be added)
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| ") and len(cells) == 4 and cells[0] != "backend":
-            rows.append({"what": what, "backend": cells[0], "img_s": cells[1], "ms": cells[2], "peak_mb": cells[3]})
+        if line.startswith("| backend |"):
+            header = cells
+        elif header and line.startswith("| ") and len(cells) == len(header):
+            row = dict(zip(header, cells))
+            rows.append({"what": what, "backend": row["backend"], "img_s": row["img/s"], "ms": row["ms / batch"],
+                         "peak_mb": row["peak MB"], "spread": row.get("spread", "")})
     measured = [r for r in rows if is_number(r["img_s"])]
     if result.ok:
         step.expect(what, bool(measured), f"{len(measured)} of {len(rows)} backends measured",

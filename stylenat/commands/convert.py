@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from stylenat.models.pretrained import convert
+    from stylenat.checkpoints import convert
 
     print(convert(args.src, args.out, preset=args.preset, model=args.model))
     return 0

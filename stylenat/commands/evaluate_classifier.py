@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from stylenat.metrics.classification import LabelledImages, eval_transform, evaluate_classifier
-    from stylenat.models.pretrained import load_classifier
+    from stylenat.checkpoints import load_classifier
 
     check_at_least(1, batch=args.batch)
     check_at_least(0, workers=args.workers)

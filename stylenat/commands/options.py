@@ -9,9 +9,9 @@ GENERATOR_CKPT_HELP = "generator export (.safetensors), training checkpoint (.ck
 
 
 def load_generator(path: str, device):
-    """:func:`stylenat.models.checkpoint.load_generator`, printing its note when it converted a reference
+    """:func:`stylenat.checkpoints.load_generator`, printing its note when it converted a reference
     StyleNAT checkpoint in memory."""
-    from stylenat.models.checkpoint import load_generator as load
+    from stylenat.checkpoints import load_generator as load
 
     generator, info = load(path, device)
     if "note" in info:

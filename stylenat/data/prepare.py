@@ -26,6 +26,7 @@ from tqdm import tqdm
 from stylenat.data.base import OnError, UnreadableImageError
 from stylenat.data.factory import open_dataset
 from stylenat.data.transforms import ALPHA_BACKGROUND
+from stylenat.files import atomic_write
 
 IMAGES_PER_FOLDER = 1000
 
@@ -69,42 +70,36 @@ def prepare(src: str | os.PathLike, out_zip: str | os.PathLike, resolution: int,
         raise FileExistsError(f"output {str(out)!r} already exists; pass --force to overwrite it")
     dataset = open_dataset(src, resolution, filter=filter, center_crop=center_crop, on_error=on_error,
                            class_folders=class_folders)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     labels: list[list[str | int]] = []
     skipped: list[str] = []
     scan = dataset.scan.summary() if hasattr(dataset, "scan") else ""
-    try:
-        with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED) as archive, \
-                tqdm(range(dataset.num_images), desc=f"prepare {src}", unit="img", disable=not progress) as bar:
-            for position in bar:
-                try:
-                    image = dataset.load_image(position)
-                except UnreadableImageError as error:
-                    if on_error == "raise":
-                        raise
-                    skipped.append(error.where)
-                    bar.write(f"skipping {error}")
-                    continue
-                name = archive_name(position - len(skipped))
-                png = io.BytesIO()
-                image.save(png, format="png", compress_level=1)
-                archive.writestr(name, png.getvalue())
-                if dataset.labels is not None:
-                    labels.append([name, dataset.labels[position]])
-            written = dataset.num_images - len(skipped)
-            if written == 0:
-                raise ValueError(f"{src}: none of its {dataset.num_images} images is readable")
-            meta = {
-                "labels": labels if dataset.labels is not None else None,
-                "prepare": {"source": str(src), "resolution": resolution, "filter": filter,
-                            "center_crop": center_crop, "alpha_background": ALPHA_BACKGROUND[0],
-                            "skipped": skipped, **({"scan": scan} if scan else {})},
-            }
-            archive.writestr("dataset.json", json.dumps(meta))
-        os.replace(temporary, out)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_write(out) as file, zipfile.ZipFile(file, "w", compression=zipfile.ZIP_STORED) as archive, \
+            tqdm(range(dataset.num_images), desc=f"prepare {src}", unit="img", disable=not progress) as bar:
+        for position in bar:
+            try:
+                image = dataset.load_image(position)
+            except UnreadableImageError as error:
+                if on_error == "raise":
+                    raise
+                skipped.append(error.where)
+                bar.write(f"skipping {error}")
+                continue
+            name = archive_name(position - len(skipped))
+            png = io.BytesIO()
+            image.save(png, format="png", compress_level=1)
+            archive.writestr(name, png.getvalue())
+            if dataset.labels is not None:
+                labels.append([name, dataset.labels[position]])
+        written = dataset.num_images - len(skipped)
+        if written == 0:
+            raise ValueError(f"{src}: none of its {dataset.num_images} images is readable")
+        meta = {
+            "labels": labels if dataset.labels is not None else None,
+            "prepare": {"source": str(src), "resolution": resolution, "filter": filter,
+                        "center_crop": center_crop, "alpha_background": ALPHA_BACKGROUND[0],
+                        "skipped": skipped, **({"scan": scan} if scan else {})},
+        }
+        archive.writestr("dataset.json", json.dumps(meta))
     return PrepareResult(out, written, skipped, scan)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -42,9 +43,9 @@ ALPHA_BACKGROUND = ("white", (255, 255, 255))
 whatever colour happens to be stored under them, often black."""
 
 
-def decode_image(source: bytes | str | os.PathLike) -> Image.Image:
-    """Decode encoded image bytes or a file into a fully loaded RGB image; images with transparency (RGBA, LA,
-    palette with a transparent colour) are composited on :data:`ALPHA_BACKGROUND`.
+def decode_image(source: bytes | str | os.PathLike | BinaryIO) -> Image.Image:
+    """Decode encoded image bytes, a file or an open binary file into a fully loaded RGB image; images with
+    transparency (RGBA, LA, palette with a transparent colour) are composited on :data:`ALPHA_BACKGROUND`.
 
     Raises what PIL raises for bad data (``OSError`` for unreadable or truncated files, sometimes
     ``SyntaxError``/``ValueError``/``EOFError``); callers turn those into a report naming the file.

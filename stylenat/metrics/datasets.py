@@ -25,12 +25,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 from tqdm import tqdm
 
+from stylenat.data.base import DECODE_ERRORS
+from stylenat.data.transforms import IMAGE_EXTENSIONS, decode_image
 from stylenat.metrics.distributed import gather_features, own_share, rank_and_world, shard
 from stylenat.metrics.extractors import FeatureExtractor
 from stylenat.metrics.samples import strict_float32, to_uint8
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
 
 def natural_key(name: str) -> tuple:
     """Sort key that orders digit runs by value: ``seed9999.png`` before ``seed10000.png``.
@@ -45,7 +44,8 @@ def natural_key(name: str) -> tuple:
 class ImageFiles(Dataset):
     """The images of a folder (recursive) or a zip, in natural order of their relative paths (``seed9999.png``
     before ``seed10000.png``, so the first N of ``generate --seeds 0-49999`` are seeds 0..N-1), as uint8
-    ``[3, H, W]`` RGB."""
+    ``[3, H, W]`` RGB, decoded as the data package decodes (:func:`~stylenat.data.transforms.decode_image`:
+    transparency composited on white)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -66,24 +66,28 @@ class ImageFiles(Dataset):
         return len(self.names)
 
     def __getitem__(self, i: int) -> Tensor:
-        rgb = np.array(self._read(i, lambda img: img.convert("RGB")))
+        rgb = np.array(self._read(i, decode_image))
         return torch.from_numpy(rgb).permute(2, 0, 1).contiguous()
 
     def image_size(self, i: int) -> tuple[int, int]:
         """``(width, height)`` of image ``i``, from its header (the pixels are not decoded)."""
-        return self._read(i, lambda img: img.size)
+        def header_size(source) -> tuple[int, int]:
+            with Image.open(source) as img:
+                return img.size
+
+        return self._read(i, header_size)
 
     def _read(self, i: int, read):
-        """``read(PIL image)`` of image ``i``, the file open; unreadable files raise ``OSError`` naming them."""
+        """``read(file)`` of image ``i`` (its path, or an open member of the zip); unreadable files raise
+        ``OSError`` naming them."""
         name = self.names[i]
         try:
             if self._is_dir:
-                with Image.open(self.path / name) as img:
-                    return read(img)
+                return read(self.path / name)
             self._zip = self._zip or zipfile.ZipFile(self.path)
-            with self._zip.open(name) as f, Image.open(f) as img:
-                return read(img)
-        except OSError as e:
+            with self._zip.open(name) as f:
+                return read(f)
+        except DECODE_ERRORS as e:
             raise OSError(f"cannot read image {name!r} in {self.path}: {e}") from e
 
     def __getstate__(self) -> dict:  # DataLoader workers open their own zip handle

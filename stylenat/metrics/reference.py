@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Sized
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Subset
 
+from stylenat.files import atomic_write
 from stylenat.metrics import weights
 from stylenat.metrics.datasets import dataset_features, fingerprint_path
 from stylenat.metrics.distance import feature_stats
@@ -128,20 +128,6 @@ def named_reference_stats(name: str, resolution: int, split: str, *, mode: str =
                           covers_dataset=split in FULL_SPLITS, resize_filter=NAMED_STATS_FILTER.get((name, resolution)))
 
 
-def _save_atomic(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def random_subset(num_items: int, size: int, seed: int) -> tuple[np.ndarray, str]:
     """``size`` distinct indices of ``range(num_items)`` drawn with ``seed`` (sorted) and 16 hex digits that
     fingerprint the list."""
@@ -195,7 +181,8 @@ def dataset_reference_stats(dataset: Iterable, *, extractor: FeatureExtractor, f
                                 num_workers=num_workers, max_items=max_items, verbose=verbose)
     mu, sigma = feature_stats(features)
     if is_local_leader():
-        _save_atomic(path, mu=mu, sigma=sigma, features=features,
+        with atomic_write(path) as f:
+            np.savez(f, mu=mu, sigma=sigma, features=features,
                      meta=np.array(json.dumps({**meta, "fingerprint": fingerprint, "num_images": len(features)})))
     return ReferenceStats(mu, sigma, features, num_images=len(features), **meta)
 

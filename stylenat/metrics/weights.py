@@ -33,7 +33,6 @@ import os
 import platform
 import shutil
 import socket
-import tempfile
 import threading
 import warnings
 from collections.abc import Callable
@@ -43,6 +42,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from stylenat.files import atomic_path, atomic_write
 from stylenat.optional import require
 
 WEIGHTS_ENV = "STYLENAT_INCEPTION_WEIGHTS"
@@ -140,17 +140,10 @@ def download(url: str, path: str | os.PathLike, file: WeightsFile | None = None,
     """Fetch ``url`` to ``path`` within ``timeout`` seconds in total, checked against ``file``'s published
     SHA-256 when given, published with an atomic rename (never a partial or unchecked file under ``path``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".download")
-    os.close(fd)
-    try:
-        _within(timeout, f"downloading {url}", torch.hub.download_url_to_file, url, tmp)
+    with atomic_path(path) as tmp:
+        _within(timeout, f"downloading {url}", torch.hub.download_url_to_file, url, str(tmp))
         if file is not None:
-            verify(Path(tmp), file)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+            verify(tmp, file)
     return path
 
 
@@ -214,12 +207,8 @@ def find_inception_weights(mode: str = "clean", path: str | os.PathLike | None =
         except InceptionWeightsMismatch as err:
             warnings.warn(f"ignoring clean-fid's copy: {err}", stacklevel=2)
         else:
-            ours.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=ours.parent, prefix=f".{ours.name}.", suffix=".tmp")
-            with os.fdopen(fd, "wb") as dst, open(theirs, "rb") as src:
+            with atomic_write(ours) as dst, open(theirs, "rb") as src:
                 shutil.copyfileobj(src, dst)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, ours)
             return verify(ours, file)  # the copy we load, checked again: nobody else can change it
     if allow_download and network_reachable(file.url):
         return download(file.url, ours, file)

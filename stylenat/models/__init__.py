@@ -2,7 +2,7 @@
 NAT / DiNAT classifiers, the attention they share, and loaders for foreign checkpoints."""
 
 from stylenat.models.attention import HydraNeighborhoodAttention, NeighborhoodAttention2D
-from stylenat.models.checkpoint import load_generator, save_generator
+from stylenat.models.checkpoint import save_generator
 from stylenat.models.convert import load_official_discriminator, load_official_generator
 from stylenat.models.discriminator import Discriminator, create_discriminator
 from stylenat.models.generator import Generator, create_generator
@@ -18,7 +18,6 @@ __all__ = [
     "create_generator",
     "create_model",
     "list_models",
-    "load_generator",
     "load_official_discriminator",
     "load_official_generator",
     "save_generator",

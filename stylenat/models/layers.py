@@ -84,6 +84,13 @@ class AdaIN(nn.Module):
     over all token axes (``nn.InstanceNorm1d`` without affine, eps 1e-5; statistics in float32), and
     ``(gamma, beta)`` = ``EqualLinear(w_dim, 2 * channels)(w)`` split in halves, gamma first.
 
+    In eval mode on the CPU (sampling; two tokens or more) each sample is one fused ``batch_norm`` call over its
+    ``[tokens, C]`` rows (training-mode statistics are exactly instance-norm statistics there, and the style is
+    its affine): 2.4-12x faster than ``var_mean`` + ``addcmul`` over channels-last tokens at the ffhq256
+    shapes, where that was 13-15% of sampling. In training mode the ``var_mean`` form stays: the fused path
+    gained nothing measurable on the demo's training step, and its rounding differs between eager and
+    ``torch.compile`` runs, which Adam's first steps amplify.
+
     x: ``[B, *tokens, C]`` channels-last, w: ``[B, w_dim]`` -> ``[B, *tokens, C]``.
     """
 
@@ -96,9 +103,20 @@ class AdaIN(nn.Module):
         token_dims = tuple(range(1, x.dim() - 1))
         stat_shape = (x.shape[0],) + (1,) * len(token_dims) + (self.channels,)
         gamma, beta = self.style(w).view(stat_shape[:-1] + (2, self.channels)).unbind(-2)
+        if x.device.type == "cpu" and not self.training and x[0].numel() > self.channels:
+            return self._per_sample_batch_norm(x, gamma, beta)
         var, mean = torch.var_mean(x.float(), dim=token_dims, correction=0, keepdim=True)
         out = torch.addcmul(beta, x - mean, gamma * torch.rsqrt(var + self.eps))
         return out.to(x.dtype)
+
+    def _per_sample_batch_norm(self, x: Tensor, gamma: Tensor, beta: Tensor) -> Tensor:
+        """The forward on the CPU: x ``[B, *tokens, C]``, gamma and beta ``[B, 1.., C]``; statistics in float32
+        (float64 for float64 inputs)."""
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        gamma, beta = gamma.to(dtype).reshape(-1, self.channels), beta.to(dtype).reshape(-1, self.channels)
+        out = [F.batch_norm(sample.to(dtype).reshape(-1, self.channels), None, None, g, b, training=True,
+                            eps=self.eps) for sample, g, b in zip(x, gamma, beta)]
+        return torch.stack(out).view(x.shape).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, eps={self.eps}"

@@ -1,16 +1,9 @@
-"""Published and trained weights -> our files: what ``stylenat convert`` and ``--ckpt`` recognise.
-
-:func:`identify` names what a file holds, choosing by keys unique to each format:
-
-- a reference StyleNAT checkpoint (github.com/SHI-Labs/StyleNAT: ``g`` / ``g_ema`` / ``d`` at the top
-  level or under ``state_dicts``, legacy ``attn.rpb0/1`` or per-group ``attn.rpb.{i}`` tables, or a bare
-  generator state dict) -> a generator export whose preset is inferred from the tensor shapes;
-- one of our StyleNATGAN training checkpoints -> a generator export of its G_ema;
-- one of our ImageClassifier training checkpoints -> a classifier export (its EMA weights if any);
-- a NAT / DiNAT state dict of the reference repository (github.com/SHI-Labs/Neighborhood-Attention-
-  Transformer; bare, or under ``model`` / ``state_dict`` / ``state_dict_ema``) or of transformers
-  (``(di)nat.embeddings.*``; a file, or a model folder holding ``model.safetensors`` /
-  ``pytorch_model.bin``) -> a classifier export whose registry name is inferred from the shapes.
+"""Classifier weights in our naming: reading a source file, recognising and converting a NAT / DiNAT state
+dict of the reference repository (github.com/SHI-Labs/Neighborhood-Attention-Transformer; bare, or under
+``model`` / ``state_dict`` / ``state_dict_ema``) or of transformers (``(di)nat.embeddings.*``; a file, or a
+model folder holding ``model.safetensors`` / ``pytorch_model.bin``), whose registry name is inferred from
+the shapes, and the classifier export. Which format a file holds, our training checkpoints included, is
+decided in :mod:`stylenat.checkpoints`.
 
 The classifier export (see :func:`save_classifier`) is a safetensors state dict in the reference naming
 with metadata: ``kind = "stylenat-classifier"``, ``model`` (a :func:`~stylenat.models.nat.create_model`
@@ -29,7 +22,6 @@ import functools
 import json
 import os
 import re
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -38,10 +30,7 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
-from stylenat.models.checkpoint import (GENERATOR_KIND, generator_from_training_checkpoint, save_generator,
-                                        save_safetensors_atomic)
-from stylenat.models.convert import is_official_checkpoint, official_generator, official_state_dict
-from stylenat.models.generator import create_generator
+from stylenat.models.checkpoint import save_safetensors_atomic
 from stylenat.models.nat import NAT, checkpoint_filter_fn, create_model, list_models
 from stylenat.models.pixels import IMAGENET_MEAN, IMAGENET_STD
 from stylenat.models.safe_load import load_torch_file
@@ -121,7 +110,7 @@ def _is_state_dict(obj: Any) -> bool:
     return isinstance(obj, Mapping) and bool(obj) and all(isinstance(v, Tensor) for v in obj.values())
 
 
-def _nat_state_dict(content: Any) -> tuple[dict[str, Tensor], str] | None:
+def find_nat_state_dict(content: Any) -> tuple[dict[str, Tensor], str] | None:
     """The NAT / DiNAT state dict in ``content`` and where it was, or None if there is none."""
     candidates = [(content, "")] + [(content.get(key), f" (under {key!r})") for key in _NAT_WRAPPERS
                                      if isinstance(content, Mapping)]
@@ -130,31 +119,6 @@ def _nat_state_dict(content: Any) -> tuple[dict[str, Tensor], str] | None:
                                                        k) for k in state_dict):
             return dict(state_dict), where
     return None
-
-
-def identify(content: Any, metadata: Mapping[str, str] | None = None) -> str:
-    """What a loaded file holds: ``"generator-export"``, ``"classifier-export"``, ``"stylenat-reference"``,
-    ``"gan-training"``, ``"classifier-training"``, ``"nat-transformers"`` or ``"nat-reference"``; a
-    ``ValueError`` for anything else."""
-    kind = (metadata or {}).get("kind")
-    if kind in (GENERATOR_KIND, CLASSIFIER_KIND):
-        return {GENERATOR_KIND: "generator-export", CLASSIFIER_KIND: "classifier-export"}[kind]
-    if is_official_checkpoint(content):
-        return "stylenat-reference"
-    if isinstance(content, Mapping) and isinstance(content.get("hyper_parameters"), Mapping) \
-            and isinstance(content.get("state_dict"), Mapping):
-        hparams = content["hyper_parameters"]
-        if "generator" in hparams:
-            return "gan-training"
-        if "model" in hparams and "num_classes" in hparams:
-            return "classifier-training"
-    found = _nat_state_dict(content)
-    if found is not None:
-        return "nat-transformers" if any("embeddings.patch_embeddings" in k for k in found[0]) else "nat-reference"
-    keys = sorted(content)[:6] if isinstance(content, Mapping) else type(content).__name__
-    raise ValueError(f"unrecognised checkpoint (first keys: {keys}): expected a reference StyleNAT checkpoint, "
-                     "one of our training checkpoints or exports, or a NAT / DiNAT state dict of the reference "
-                     "repository or of transformers")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,27 +166,21 @@ def infer_classifier(state_dict: Mapping[str, Tensor], source_name: str = "") ->
     return names[0], {k: v.detach().float().contiguous() for k, v in weights.items()}, how
 
 
-def classifier_weights(content: Any, kind: str, path: Path, model: str | None = None,
-                       metadata: Mapping[str, str] | None = None) -> ClassifierWeights:
-    """The classifier in a loaded file of classifier ``kind`` (see :func:`identify`); ``model`` forces the
-    registry name of a foreign state dict."""
-    if kind == "classifier-export":
-        meta = dict(metadata or {})
-        pre = json.loads(meta["preprocessing"])
-        return ClassifierWeights(meta["model"], int(meta["num_classes"]), dict(content),
-                                 Preprocessing(tuple(pre["mean"]), tuple(pre["std"]), pre["crop_pct"],
-                                               pre["interpolation"]),
-                                 json.loads(meta.get("overrides", "{}")), f"classifier export ({meta['model']})")
-    if kind == "classifier-training":
-        hparams = content["hyper_parameters"]
-        prefix = "ema.module." if any(k.startswith("ema.module.") for k in content["state_dict"]) else "model."
-        state = {k[len(prefix):]: v for k, v in content["state_dict"].items() if k.startswith(prefix)}
-        overrides = dict(hparams.get("model_overrides") or {})
-        which = "EMA" if prefix == "ema.module." else "trained"
-        source = f"our ImageClassifier training checkpoint ({hparams['model']}, {which} weights)"
-        return ClassifierWeights(hparams["model"], int(hparams["num_classes"]), state, OURS_EVAL, overrides, source)
-    state_dict, where = _nat_state_dict(content)
-    origin = "transformers" if kind == "nat-transformers" else "reference-repository"
+def exported_classifier(content: Mapping[str, Tensor], metadata: Mapping[str, str]) -> ClassifierWeights:
+    """The classifier of a loaded classifier export (its state dict and safetensors metadata)."""
+    meta = dict(metadata)
+    pre = json.loads(meta["preprocessing"])
+    return ClassifierWeights(meta["model"], int(meta["num_classes"]), dict(content),
+                             Preprocessing(tuple(pre["mean"]), tuple(pre["std"]), pre["crop_pct"],
+                                           pre["interpolation"]),
+                             json.loads(meta.get("overrides", "{}")), f"classifier export ({meta['model']})")
+
+
+def foreign_classifier(content: Any, path: Path, model: str | None = None) -> ClassifierWeights:
+    """The classifier in a loaded reference-repository or transformers NAT / DiNAT file; ``model`` forces the
+    registry name (else inferred from the shapes and the file name)."""
+    state_dict, where = find_nat_state_dict(content)
+    origin = "transformers" if any("embeddings.patch_embeddings" in k for k in state_dict) else "reference-repository"
     if model is not None:
         name, how = model, "named with --model"
         state = checkpoint_filter_fn(state_dict, shapes_only(model, head_classes(state_dict)))
@@ -239,61 +197,3 @@ def save_classifier(weights: ClassifierWeights, path: str | os.PathLike) -> Path
                 "overrides": json.dumps(weights.overrides), "preprocessing": json.dumps(asdict(weights.preprocessing))}
     tensors = {k: v.detach().cpu().contiguous() for k, v in weights.state_dict.items()}
     return save_safetensors_atomic(tensors, path, metadata)
-
-
-def load_classifier(path: str | os.PathLike, model: str | None = None) -> ClassifierWeights:
-    """The classifier in ``path``: a classifier export, one of our training checkpoints, or a reference /
-    transformers NAT / DiNAT file (converted in memory)."""
-    content, metadata, file = read_source(path)
-    kind = identify(content, metadata)
-    if kind not in ("classifier-export", "classifier-training", "nat-reference", "nat-transformers"):
-        raise ValueError(f"{path} holds a {kind.replace('-', ' ')}, not a classifier")
-    return classifier_weights(content, kind, file, model, metadata)
-
-
-# ---------------------------------------------------------------------------------------------
-# stylenat convert
-
-
-def convert(src: str | os.PathLike, out: str | os.PathLike, *, preset: str | None = None,
-            model: str | None = None) -> str:
-    """Write our export of ``src`` to ``out`` (``.safetensors``); returns what was found and written.
-
-    ``preset`` forces the generator preset of a reference StyleNAT checkpoint, ``model`` the registry name
-    of a foreign NAT / DiNAT state dict (both are otherwise inferred from the tensor shapes).
-    """
-    out = Path(out)
-    if out.suffix != ".safetensors":
-        raise ValueError(f"output {str(out)!r} must end in .safetensors")
-    content, metadata, file = read_source(src)
-    kind = identify(content, metadata)
-    if kind in ("generator-export", "classifier-export"):
-        raise ValueError(f"{src} is already a {kind.replace('-', ' ')}: nothing to convert")
-    if kind == "stylenat-reference":
-        nested = content.get("state_dicts") if isinstance(content.get("state_dicts"), Mapping) else content
-        which = "g_ema" if "g_ema" in nested else "g"
-        state_dict = official_state_dict(content, which)
-        layout = ("legacy two-half RPB layout" if any(re.search(r"\.attn\.rpb[01]$", k) for k in state_dict)
-                  else "per-group RPB layout")
-        nesting = ("under 'state_dicts'" if nested is not content else "top level") if which in nested \
-            else "a bare generator state dict"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # church256's uneven head split
-            generator, chosen = official_generator(state_dict, preset)
-        how = "given" if preset else "inferred from the tensor shapes"
-        save_generator(generator, out, chosen, {}, {"source": str(src), "converted_from": "reference StyleNAT"})
-        found = f"a reference StyleNAT checkpoint ({which}, {nesting}, {layout}); preset {chosen} ({how})"
-    elif kind == "gan-training":
-        chosen, overrides, info, state = generator_from_training_checkpoint(content, file)
-        generator = create_generator(chosen, **overrides)
-        generator.load_state_dict(state)
-        save_generator(generator, out, chosen, overrides, info)
-        found = f"a StyleNATGAN training checkpoint (G_ema of preset {chosen}, {info.get('cur_nimg')} images seen)"
-    else:
-        weights = classifier_weights(content, kind, file, model, metadata)
-        save_classifier(weights, out)
-        found = f"a {weights.found}"
-        return (f"found {found}\nwrote {out}: classifier export {weights.model}, {weights.num_classes} classes, "
-                f"evaluation transform {weights.preprocessing}")
-    parameters = sum(p.numel() for p in generator.parameters())
-    return f"found {found}\nwrote {out}: generator export {chosen} ({parameters / 1e6:.2f} M parameters)"

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -38,6 +37,7 @@ from PIL import Image
 from torch import Tensor
 
 from stylenat.data.prepare import prepared_filter
+from stylenat.files import atomic_write
 from stylenat.generation import image_grid
 from stylenat.metrics import to_uint8
 from stylenat.metrics.samples import tf32
@@ -333,17 +333,10 @@ class TF32(Callback):
         self._scope.close()
 
 
-def _umask() -> int:
-    """The process's file-creation mask (reading it means setting it)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``torch.save`` to a temporary file in the target's folder, fsync, then ``os.replace`` over the target and
-    fsync the folder: a crash at any point leaves either the previous checkpoint or the new one, never a
-    truncated file. (Lightning's default writes a temporary file in the system temp folder and moves it, which
+    """``torch.save`` through :func:`stylenat.files.atomic_write` (a temporary file in the target's folder,
+    fsync, ``os.replace`` over the target, fsync of the folder): a crash at any point leaves either the previous
+    checkpoint or the new one, never a truncated file. (Lightning's default writes a temporary file in the system temp folder and moves it, which
     is a copy, not a rename, when that folder is on another file system; and it never fsyncs.) Remote URLs
     fall back to Lightning's writer.
 
@@ -366,26 +359,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if "://" in str(path) or storage_options is not None:
             super().save_checkpoint(checkpoint, path, storage_options)
             return
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private
-            os.replace(tmp, path)
-        except BaseException as err:
-            Path(tmp).unlink(missing_ok=True)
-            if isinstance(err, OSError) and err.filename is None:  # a full disk: say which file did not fit
-                raise OSError(err.errno, err.strerror, str(path)) from err
-            raise
-        folder = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        with atomic_write(path) as f:
+            torch.save(checkpoint, f)
 
 
 def use_safe_checkpoint_io(trainer: L.Trainer) -> L.Trainer:

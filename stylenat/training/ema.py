@@ -10,7 +10,7 @@ seen for a GAN generator (``0.5 ** (batch / ema_images)``). As an ``nn.Module`` 
 LightningModule the copy moves with it between devices and is saved in its checkpoints (``ema.module.*``).
 
 The GAN keeps its average as a plain ``G_ema`` generator (checkpoint keys ``G_ema.*``, what
-:func:`stylenat.models.load_generator` reads) made by :func:`frozen_copy` and moved by :func:`update_ema`,
+:func:`stylenat.checkpoints.load_generator` reads) made by :func:`frozen_copy` and moved by :func:`update_ema`,
 the update :class:`ModelEMA` runs too, with an affine ``fold`` that averages G's weights in G_ema's
 output scale (see :mod:`stylenat.training.gan`).
 """

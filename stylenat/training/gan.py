@@ -48,6 +48,7 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
+from torch.profiler import record_function
 
 from stylenat.models.discriminator import create_discriminator
 from stylenat.models.generator import Generator, create_generator
@@ -56,6 +57,11 @@ from stylenat.training.augment import bcr_augment
 from stylenat.training.callbacks import TF32, GeneratorExport, ImageGrids
 from stylenat.training.ema import frozen_copy, update_ema
 from stylenat.training.losses import consistency_loss, d_logistic_loss, g_nonsaturating_loss, r1_penalty
+
+PHASE_SCOPES = {"D": "stylenat::D step", "R1": "stylenat::R1 step", "G": "stylenat::G step",
+                "G_ema": "stylenat::G_ema update", "bCR": "stylenat::bCR"}
+"""The ``torch.profiler`` scopes (``record_function`` names) around the phases of a training step, keyed by phase:
+profiles of training (``scripts/profile_cpu.py``, Lightning's PyTorchProfiler) show them by these names."""
 
 # ---------------------------------------------------------------------------------------------
 # Recipe pieces, as plain functions
@@ -114,7 +120,7 @@ class StyleNATGAN(L.LightningModule):
 
     Batches are reals ``[B, 3, R, R]`` in ``[-1, 1]`` (:class:`stylenat.data.StyleNATDataModule`); ``R`` must
     be the generator's size. Holds ``G``, ``D`` and ``G_ema`` (always in eval mode); the hyper-parameters
-    ``generator`` and ``generator_kwargs`` rebuild G for :func:`stylenat.models.load_generator`.
+    ``generator`` and ``generator_kwargs`` rebuild G for :func:`stylenat.checkpoints.load_generator`.
 
     Logs ``Loss/G``, ``Loss/D`` (logistic part), ``Loss/bcr``, ``Loss/r1`` (the raw penalty, on R1 steps),
     ``Logits/real``, ``Logits/fake`` (mean D outputs), ``Progress/kimg``, ``Progress/kimg_per_s``,
@@ -258,11 +264,15 @@ class StyleNATGAN(L.LightningModule):
         _set_lr(opt_g, lr_g)
         _set_lr(opt_d, lr_d)
         with self._step_rng():
-            logs = self._d_step(batch, opt_d)
+            with record_function(PHASE_SCOPES["D"]):
+                logs = self._d_step(batch, opt_d)
             if hp.r1_gamma > 0 and self.cur_step % hp.r1_interval == 0:
-                logs.update(self._r1_step(batch, opt_d))
-            logs.update(self._g_step(batch.shape[0], opt_g))
-        self._update_ema(global_batch)
+                with record_function(PHASE_SCOPES["R1"]):
+                    logs.update(self._r1_step(batch, opt_d))
+            with record_function(PHASE_SCOPES["G"]):
+                logs.update(self._g_step(batch.shape[0], opt_g))
+        with record_function(PHASE_SCOPES["G_ema"]):
+            self._update_ema(global_batch)
         self.cur_nimg += global_batch
         self.cur_step += 1
         self._log_step(logs, global_batch, lr_g, lr_d)
@@ -311,7 +321,8 @@ class StyleNATGAN(L.LightningModule):
         """``weight * mean (D(aug(images)) - logits)^2``; a zero when ``weight`` is 0."""
         if weight <= 0:
             return logits.new_zeros(())
-        return weight * consistency_loss(self.nets["D"](bcr_augment(images)), logits)
+        with record_function(PHASE_SCOPES["bCR"]):
+            return weight * consistency_loss(self.nets["D"](bcr_augment(images)), logits)
 
     def r1_term(self, real: Tensor) -> Tensor:
         """The raw R1 penalty of reals ``[B, 3, R, R]`` in [-1, 1]: the gradient is taken with respect to D's

@@ -77,6 +77,54 @@ def test_adain_is_instance_norm_then_style_affine(tokens):
     torch.testing.assert_close(adain(x, w), gamma.view(shape) * normed + beta.view(shape), atol=1e-6, rtol=1e-5)
 
 
+def _adain_reference(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """nn.InstanceNorm1d (eps 1e-5, no affine) in float64 over the tokens of ``[B, *tokens, C]``, then the style
+    affine."""
+    B, C = x.shape[0], x.shape[-1]
+    normed = nn.InstanceNorm1d(C)(x.double().reshape(B, -1, C).transpose(1, 2)).transpose(1, 2).reshape(x.shape)
+    shape = (B,) + (1,) * (x.dim() - 2) + (C,)
+    return gamma.double().view(shape) * normed + beta.double().view(shape)
+
+
+@pytest.mark.parametrize("training", [True, False])  # var_mean form / CPU eval: fused batch_norm per sample
+def test_adain_forward_and_gradients_match_float64_instance_norm_with_nan_and_inf(training):
+    # Batch > 1 with one sample holding a NaN and another an Inf: only their channels turn NaN, as in the
+    # reference; the other samples and their gradients stay exact.
+    B, C, w_dim = 4, 16, 8
+    adain = AdaIN(C, w_dim).train(training)
+    with torch.no_grad():
+        adain.style.bias.normal_()
+    x = torch.randn(B, 8, 8, C) * 3 + 1
+    x[1, 2, 3, 5] = float("nan")
+    x[2, 0, 0, 7] = float("inf")
+    w = torch.randn(B, w_dim)
+    gamma, beta = adain.style(w).chunk(2, dim=1)
+    out = adain(x, w)
+    expected = _adain_reference(x, gamma, beta)
+    torch.testing.assert_close(out.double(), expected, atol=2e-5, rtol=1e-5, equal_nan=True)
+    assert out[1, :, :, 5].isnan().all() and out[2, :, :, 7].isnan().all() and not out[[0, 3]].isnan().any()
+
+    finite = x[[0, 3]].double().requires_grad_()
+    adain64 = AdaIN(C, w_dim).double().train(training)
+    adain64.load_state_dict(adain.state_dict())
+    weights = torch.randn_like(finite)
+    grad_x, grad_style = torch.autograd.grad((adain64(finite, w[[0, 3]].double()) * weights).sum(),
+                                             [finite, adain64.style.weight])
+    ref_x = finite.detach().requires_grad_()
+    g64, b64 = adain64.style(w[[0, 3]].double()).chunk(2, dim=1)
+    ref_grad_x, ref_grad_style = torch.autograd.grad((_adain_reference(ref_x, g64, b64) * weights).sum(),
+                                                     [ref_x, adain64.style.weight])
+    tolerance = dict(atol=1e-6, rtol=1e-4) if training else dict(atol=1e-10, rtol=1e-9)  # float32 statistics
+    torch.testing.assert_close(grad_x, ref_grad_x, **tolerance)
+    torch.testing.assert_close(grad_style, ref_grad_style, **tolerance)
+
+
+@pytest.mark.cuda
+def test_adain_on_cuda_matches_the_cpu():
+    adain, x, w = AdaIN(32, 8).eval(), torch.randn(3, 16, 16, 32), torch.randn(3, 8)
+    torch.testing.assert_close(adain.cuda()(x.cuda(), w.cuda()).cpu(), adain.cpu()(x, w), atol=1e-5, rtol=1e-5)
+
+
 def test_adain_bf16_keeps_dtype():
     adain = AdaIN(8, 16)
     out = adain(torch.randn(2, 4, 4, 8, dtype=torch.bfloat16), torch.randn(2, 16))

@@ -14,14 +14,13 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from stylenat.checkpoints import convert, identify, load_classifier, load_generator
 from stylenat.cli import main
 from stylenat.metrics.classification import LabelledImages, eval_transform, evaluate_classifier
-from stylenat.models.checkpoint import load_generator
 from stylenat.models.convert import REFERENCE_PRESETS, infer_generator_preset
 from stylenat.models.generator import create_generator
 from stylenat.models.nat import create_model, list_models, to_transformers
-from stylenat.models.pretrained import (IMAGENET_EVAL, OURS_EVAL, Preprocessing, shapes_only, convert, identify,
-                                        infer_classifier, load_classifier, read_source)
+from stylenat.models.pretrained import IMAGENET_EVAL, OURS_EVAL, Preprocessing, infer_classifier, read_source, shapes_only
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
 G256, G1024 = "official_stylenat_g256_legacy_state_dict.txt", "official_stylenat_g1024_legacy_state_dict.txt"

@@ -41,7 +41,7 @@ def tiny_config(run_dir: Path, **model) -> Path:
         "trainer": {
             "default_root_dir": str(run_dir),
             "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                       "init_args": {"save_dir": str(run_dir), "name": "", "version": ""}},
+                       "init_args": {"name": "", "version": ""}},  # save_dir follows default_root_dir
             "callbacks": [{"class_path": "stylenat.training.callbacks.KimgCheckpoint",
                            "init_args": {"every_n_kimg": BATCH / 1000}},
                           {"class_path": "stylenat.training.callbacks.CPUThreads"}],
@@ -53,7 +53,7 @@ def tiny_config(run_dir: Path, **model) -> Path:
             "discriminator_kwargs": dict(size=16, channel_base=256, channel_max=32),
             "total_kimg": STEPS * BATCH / 1000, "image_snapshot_kimg": BATCH / 1000,
             "export_snapshot_kimg": BATCH / 1000, **model}},
-        "data": {"init_args": {"resolution": 16, "batch_size": BATCH}},
+        "data": {"init_args": {"batch_size": BATCH}},  # data.resolution follows the generator (a link)
     }
     path = run_dir.parent / f"{run_dir.name}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -187,8 +187,8 @@ def test_missing_data_and_config_are_one_line(tmp_path, capsys):
     assert f"missing.yaml" in one_error_line(capsys)
     assert main(["fit"]) == 2
     assert "stylenat fit --config configs/demo.yaml" in one_error_line(capsys)
-    assert fit(tmp_path / "run", "--data.resolution", "32") == 2  # found in LightningModule.setup
-    assert "data.resolution is 32 but the generator (model.generator='demo') makes 16px" in one_error_line(capsys)
+    assert fit(tmp_path / "run", "--data.resolution", "32") == 2  # linked to the generator: refused up front
+    assert "data.resolution is linked and cannot be set" in one_error_line(capsys)
 
 
 def test_a_full_disk_says_so_with_the_path(tmp_path, monkeypatch, capsys):

@@ -22,7 +22,7 @@ from PIL import Image
 from stylenat.cli import main as cli_main
 from stylenat.commands.lightning import generator_size, lightning_cli
 from stylenat.data import StyleNATDataModule
-from stylenat.models import load_generator
+from stylenat.checkpoints import load_generator
 from stylenat.models.generator import PRESETS
 from stylenat.training import (AtomicCheckpointIO, CPUThreads, KimgCheckpoint, StyleNATGAN, bcr_augment,
                                consistency_loss, d_logistic_loss, g_nonsaturating_loss, r1_penalty)
