@@ -179,35 +179,65 @@ inline void gather_values(const float* values_row, const Window& window, const I
   for (int64_t c = 0; c < count; ++c) out[c] = pick(lo, index[c], hi);
 }
 
-// out[c] = sum_d x_t[d] * g[c * dim + d] for c < C.
-template <int C>
-inline void gathered_dots(const Vec* x_t, const Vec* g, int64_t dim, Vec* out) {
-  Vec acc[C];
-  for (int c = 0; c < C; ++c) acc[c] = _mm512_setzero_ps();
-  for (int64_t d = 0; d < dim; ++d)
-    for (int c = 0; c < C; ++c) acc[c] = _mm512_fmadd_ps(x_t[d], g[c * dim + d], acc[c]);
-  for (int c = 0; c < C; ++c) out[c] = acc[c];
+// Register blocking over rows: a sweep step takes up to kRowsPerStep consecutive query rows (or, in
+// the key pass, one key row) at once. Their windows share all but one gathered row, and each gathered
+// register loaded from the ring feeds one FMA per row of the step that uses it. The ring holds
+// kh * 2 * kw * D registers (200 KB at k = 7, D = 32), more than L1: loading it, not the FMAs, is what
+// bounds the products, so sharing each load between two rows is what speeds them up.
+constexpr int kRowsPerStep = 2;
+
+// Returns v from a register: without it the compiler folds each use of a loaded value into its FMA
+// as a memory operand, and a value shared by R FMAs is loaded R times.
+inline Vec in_register(Vec v) {
+  __asm__("" : "+v"(v));
+  return v;
 }
 
-// acc[d] += sum_c weight[c] * g[c * dim + d] for d < dim, summed in order c = 0..C-1, on the lanes of
-// lanes[c] only when given (the others are left as they are, so a NaN or Inf in g on a lane that does
-// not take part never reaches acc, as 0 * NaN would). Blocks of 8 d keep 8 independent FMA chains in flight.
-template <int C>
-inline void gathered_axpys(const Vec* weight, const Vec* g, int64_t dim, Vec* acc, const __mmask16* lanes = nullptr) {
-  auto fma = [&](int c, Vec x, Vec a) {
-    return lanes ? _mm512_mask3_fmadd_ps(weight[c], x, a, lanes[c]) : _mm512_fmadd_ps(weight[c], x, a);
+// out[r][c] = sum_d x_t[r][d] * g[c * dim + d] for rows r < R and c < C, summed in order d = 0..dim-1.
+template <int C, int R>
+inline void gathered_dots(const Vec* const* x_t, const Vec* g, int64_t dim, Vec* const* out) {
+  Vec acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
+  for (int64_t d = 0; d < dim; ++d)
+    for (int c = 0; c < C; ++c) {
+      const Vec key = R > 1 ? in_register(g[c * dim + d]) : g[c * dim + d];
+      for (int r = 0; r < R; ++r) acc[r][c] = _mm512_fmadd_ps(x_t[r][d], key, acc[r][c]);
+    }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) out[r][c] = acc[r][c];
+}
+
+// acc[r][d] += sum_c weight[r][c] * g[c * dim + d] for rows r < R and d < dim, summed in order
+// c = 0..C-1, on the lanes of lanes[c] only when given (the others are left as they are, so a NaN or
+// Inf in g on a lane that does not take part never reaches acc, as 0 * NaN would). Blocks of 8 / R
+// values of d keep 8 independent FMA chains in flight.
+template <int C, int R>
+inline void gathered_axpys(const Vec* const* weight, const Vec* g, int64_t dim, Vec* const* acc,
+                           const __mmask16* lanes = nullptr) {
+  Vec w[R][C];  // the weights, kept in registers
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) w[r][c] = R > 1 ? in_register(weight[r][c]) : weight[r][c];
+  auto fma = [&](int r, int c, Vec x, Vec a) {
+    return lanes ? _mm512_mask3_fmadd_ps(w[r][c], x, a, lanes[c]) : _mm512_fmadd_ps(w[r][c], x, a);
   };
-  constexpr int64_t kBlock = 8;
+  constexpr int64_t kBlock = 8 / R;
   int64_t d0 = 0;
   for (; d0 + kBlock <= dim; d0 += kBlock) {
-    Vec a[kBlock];
-    for (int64_t d = 0; d < kBlock; ++d) a[d] = acc[d0 + d];
+    Vec a[R][kBlock];
+    for (int r = 0; r < R; ++r)
+      for (int64_t d = 0; d < kBlock; ++d) a[r][d] = acc[r][d0 + d];
     for (int c = 0; c < C; ++c)
-      for (int64_t d = 0; d < kBlock; ++d) a[d] = fma(c, g[c * dim + d0 + d], a[d]);
-    for (int64_t d = 0; d < kBlock; ++d) acc[d0 + d] = a[d];
+      for (int64_t d = 0; d < kBlock; ++d) {
+        const Vec x = R > 1 ? in_register(g[c * dim + d0 + d]) : g[c * dim + d0 + d];
+        for (int r = 0; r < R; ++r) a[r][d] = fma(r, c, x, a[r][d]);
+      }
+    for (int r = 0; r < R; ++r)
+      for (int64_t d = 0; d < kBlock; ++d) acc[r][d0 + d] = a[r][d];
   }
   for (; d0 < dim; ++d0)
-    for (int c = 0; c < C; ++c) acc[d0] = fma(c, g[c * dim + d0], acc[d0]);
+    for (int c = 0; c < C; ++c)
+      for (int r = 0; r < R; ++r) acc[r][d0] = fma(r, c, g[c * dim + d0], acc[r][d0]);
 }
 
 // Calls fn(first, std::integral_constant<int, C>{}) for blocks [first, first + C) of near-equal sizes
@@ -411,6 +441,99 @@ inline void slot_indices(const int32_t* offset, int64_t n, Idx* index) {
   for (int64_t u = 0; u < n; ++u) index[u] = plus(base, u);
 }
 
+// The query rows of one sweep step: in-group rows i_r = group + (first_query + r) * dh for r < count
+// (count <= kRowsPerStep), whose key windows start at input row start[r] = in-group key row first[r]
+// and span kh rows. first[] never decreases and grows by at most 1 per row, so a step reads the
+// in-group key rows [first[0], first[count - 1] + kh): at most kh + kRowsPerStep - 1 rows.
+struct StepRows {
+  int count;
+  int64_t query[kRowsPerStep], start[kRowsPerStep], first[kRowsPerStep];
+  StepRows(int64_t i, int64_t group, int64_t H, int64_t kh, int64_t dh) : count(0) {
+    for (; count < kRowsPerStep && i + count * dh < H; ++count) {
+      query[count] = i + count * dh;
+      start[count] = window_start(query[count], H, kh, dh);
+      first[count] = (start[count] - group) / dh;
+    }
+  }
+  int64_t key_end(int64_t kh) const { return first[count - 1] + kh; }
+};
+
+// Calls fn(key_row, rows, slot_rows, n) for each in-group key row of the step, in increasing order,
+// with the n step rows that use it: step row rows[j] takes it as its slot row slot_rows[j] (j < n).
+template <typename Fn>
+inline void for_each_key_row(const StepRows& step, int64_t kh, const Fn& fn) {
+  for (int64_t r = step.first[0]; r < step.key_end(kh); ++r) {
+    int rows[kRowsPerStep], slot_rows[kRowsPerStep], n = 0;
+    for (int j = 0; j < step.count; ++j)
+      if (r >= step.first[j] && r < step.first[j] + kh) rows[n] = j, slot_rows[n] = static_cast<int>(r - step.first[j]), ++n;
+    fn(r, rows, slot_rows, n);
+  }
+}
+
+// Calls fn(std::integral_constant<int, n>{}) for n in [1, kRowsPerStep].
+template <typename Fn>
+inline void with_row_count(int n, const Fn& fn) {
+  static_assert(kRowsPerStep == 2, "with_row_count dispatches 1 or 2 rows");
+  if (n == 2) return fn(std::integral_constant<int, 2>{});
+  fn(std::integral_constant<int, 1>{});
+}
+
+// The key-row products of one step: for each key row and block of slots, with the R rows using it,
+// x[j] = x_of(rows[j]) and out[j] = out_of(rows[j], slot_rows[j]) + block start, then
+// product<C, R>(x, gathered registers of the block, out). Used for q.k, grad_out.v (dots) and
+// p.v, ds.k (axpys): `offset` picks the k or v half of a gathered row.
+template <typename XOf, typename OutOf, typename Product>
+inline void step_products(const StepRows& step, const RowRing& ring, int64_t kh, int64_t kw, int64_t D,
+                          int64_t offset, const XOf& x_of, const OutOf& out_of, const Product& product) {
+  for_each_key_row(step, kh, [&](int64_t key_row, const int* rows, const int* slot_rows, int n) {
+    const Vec* g = ring.row(key_row) + offset;
+    with_row_count(n, [&](auto row_count) {
+      constexpr int R = decltype(row_count)::value;
+      for_each_block(kw, [&](int64_t u, auto count) {
+        const Vec* x[R];
+        Vec* out[R];
+        for (int j = 0; j < R; ++j) x[j] = x_of(rows[j], slot_rows[j], u), out[j] = out_of(rows[j], slot_rows[j], u);
+        product(count, row_count, x, g + u * D, out);
+      });
+    });
+  });
+}
+
+// Gathers the key rows of a step that the ring lacks: kw * D registers of k, then of v, per row.
+inline void gather_step_keys(const StepRows& step, const QueryTile& t, const Idx* key, int64_t kh, int64_t kw,
+                             int64_t group, int64_t dh, const Problem& p, const float* k, const float* v, RowRing& ring) {
+  const int64_t D = p.dim, W = p.width;
+  ring.fill(step.key_end(kh), [&](int64_t r, Vec* g) {
+    const int64_t a = group + r * dh;
+    gather_row(k + a * W * D, t.window, D, key, kw, g);
+    gather_row(v + a * W * D, t.window, D, key, kw, g + kw * D);
+  });
+}
+
+// x_t + r * D = the tile's lanes of the step's query rows of x (one plane [H, W, D]), times scale
+// (logits are (scale * q) . k, as in the reference, scale = inf included).
+inline void load_query_rows(const StepRows& step, const QueryTile& t, const float* x, const Problem& p, float scale,
+                            Vec* x_t) {
+  for (int r = 0; r < step.count; ++r) {
+    lanes_of(x + step.query[r] * p.width * p.dim, t.column, p.dim, x_t + r * p.dim);
+    if (scale != 1.f) scale_lanes(x_t + r * p.dim, p.dim, scale);
+  }
+}
+
+// Prefetches the query rows of the step after `step` (x: one plane) and the key rows it may gather.
+inline void prefetch_next_step(const StepRows& step, const QueryTile& t, int64_t kh, int64_t group, int64_t dh,
+                               const Problem& p, std::initializer_list<const float*> query_planes,
+                               std::initializer_list<const float*> key_planes) {
+  const int64_t D = p.dim, W = p.width, H = p.height;
+  for (int64_t r = 1; r <= kRowsPerStep; ++r) {
+    const int64_t i = step.query[step.count - 1] + r * dh, a = group + (step.key_end(kh) - 1 + r) * dh;
+    if (i < H)
+      for (const float* x : query_planes) prefetch_columns(x + i * W * D, t.column, t.lanes, D);
+    if (a < H)
+      for (const float* x : key_planes) prefetch_columns(x + a * W * D, t.window.column, t.window.size, D);
+  }
+}
+
 struct ForwardScratch {
   Registers q_t, slots, acc, ring;
 };
@@ -421,59 +544,56 @@ void forward_sweep(const QueryTile& t, const HeadShape& s, const float* table, i
                    float scale, const float* q, const float* k, const float* v, float* out, float* lse,
                    ForwardScratch& scratch) {
   const int64_t D = p.dim, W = p.width, H = p.height, kh = s.kernel_h, kw = s.kernel_w, dh = s.dilation_h;
+  const int64_t area = s.kernel_area();
+  // Per step row r: q_t + r * D, slots + r * area, acc + r * D.
   Vec *q_t = scratch.q_t.data(), *slots = scratch.slots.data(), *acc = scratch.acc.data();
   Idx key[kMaxKernel];  // lane l's key of slot uw: window element key_offset[l] + uw
   slot_indices(t.key_offset, kw, key);
   const Idx bias_col = _mm512_load_si512(t.bias_col);
-  RowRing ring(kh, 2 * kw * D, scratch.ring.data());  // a gathered key row: kw * D registers of k, then of v
-  for (int64_t i = group; i < H; i += dh) {
-    const int64_t row0 = window_start(i, H, kh, dh), first_row = (row0 - group) / dh;
-    ring.fill(first_row + kh, [&](int64_t r, Vec* g) {
-      const int64_t a = group + r * dh;
-      gather_row(k + a * W * D, t.window, D, key, kw, g);
-      gather_row(v + a * W * D, t.window, D, key, kw, g + kw * D);
-    });
-    lanes_of(q + i * W * D, t.column, D, q_t);
-    scale_lanes(q_t, D, scale);
-    if (i + dh < H) {  // the next step's query row and the key row it may gather
-      const int64_t next_key_row = group + (first_row + kh) * dh;
-      prefetch_columns(q + (i + dh) * W * D, t.column, t.lanes, D);
-      if (next_key_row < H) {
-        prefetch_columns(k + next_key_row * W * D, t.window.column, t.window.size, D);
-        prefetch_columns(v + next_key_row * W * D, t.window.column, t.window.size, D);
+  // A gathered key row: kw * D registers of k, then of v.
+  RowRing ring(kh + kRowsPerStep - 1, 2 * kw * D, scratch.ring.data());
+  for (int64_t i = group; i < H; i += kRowsPerStep * dh) {
+    const StepRows step(i, group, H, kh, dh);
+    gather_step_keys(step, t, key, kh, kw, group, dh, p, k, v, ring);
+    load_query_rows(step, t, q, p, scale, q_t);
+    prefetch_next_step(step, t, kh, group, dh, p, {q}, {k, v});
+
+    // slots[r * area + uh * kw + uw] = scale * q . k + bias, then exp(. - max); sum over the slots.
+    step_products(step, ring, kh, kw, D, 0, [&](int r, int, int64_t) { return q_t + r * D; },
+                  [&](int r, int uh, int64_t u) { return slots + r * area + uh * kw + u; },
+                  [&](auto C, auto R, const Vec* const* x, const Vec* g, Vec* const* o) { gathered_dots<C(), R()>(x, g, D, o); });
+    Vec max[kRowsPerStep], sum[kRowsPerStep];
+    for (int r = 0; r < step.count; ++r) {
+      Vec* logit = slots + r * area;
+      const int64_t bias_row0 = bias_index(step.query[r], step.start[r], kh, dh);
+      max[r] = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+      for (int64_t uh = 0; uh < kh; ++uh) {
+        const BiasRow bias(table ? table + (bias_row0 + uh) * s.bias_cols() : nullptr, s.bias_cols());
+        for (int64_t uw = 0; uw < kw; ++uw) {
+          Vec& l = logit[uh * kw + uw];
+          l = _mm512_add_ps(l, bias.at(plus(bias_col, uw)));
+          max[r] = _mm512_max_ps(max[r], l);
+        }
+      }
+      sum[r] = _mm512_setzero_ps();
+      for (int64_t u = 0; u < area; ++u) {
+        logit[u] = exp_nonpositive(_mm512_sub_ps(logit[u], max[r]));
+        sum[r] = _mm512_add_ps(sum[r], logit[u]);
       }
     }
 
-    // slots[uh * kw + uw] = scale * q . k + bias, then exp(. - max); sum over the slots.
-    const int64_t bias_row0 = bias_index(i, row0, kh, dh);
-    Vec max = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-    for (int64_t uh = 0; uh < kh; ++uh) {
-      const Vec* g = ring.row(first_row + uh);
-      Vec* logit = slots + uh * kw;
-      for_each_block(kw, [&](int64_t u, auto count) { gathered_dots<count()>(q_t, g + u * D, D, logit + u); });
-      const BiasRow bias(table ? table + (bias_row0 + uh) * s.bias_cols() : nullptr, s.bias_cols());
-      for (int64_t uw = 0; uw < kw; ++uw) {
-        logit[uw] = _mm512_add_ps(logit[uw], bias.at(plus(bias_col, uw)));
-        max = _mm512_max_ps(max, logit[uw]);
-      }
+    std::fill(acc, acc + step.count * D, _mm512_setzero_ps());  // acc[r * D + d] = the lanes' sum_u p_u v_u[d]
+    step_products(step, ring, kh, kw, D, kw * D, [&](int r, int uh, int64_t u) { return slots + r * area + uh * kw + u; },
+                  [&](int r, int, int64_t) { return acc + r * D; },
+                  [&](auto C, auto R, const Vec* const* w, const Vec* g, Vec* const* a) { gathered_axpys<C(), R()>(w, g, D, a); });
+    for (int r = 0; r < step.count; ++r) {
+      const int64_t row = step.query[r];
+      store_lanes(acc + r * D, D, _mm512_div_ps(_mm512_set1_ps(1.f), sum[r]), t.column, t.lanes, out + row * W * D);
+      alignas(64) float max_of[kLanes], sum_of[kLanes];
+      _mm512_store_ps(max_of, max[r]);
+      _mm512_store_ps(sum_of, sum[r]);
+      for (int64_t l = 0; l < t.lanes; ++l) lse[row * W + t.column[l]] = max_of[l] + std::log(sum_of[l]);
     }
-    Vec sum = _mm512_setzero_ps();
-    for (int64_t u = 0; u < s.kernel_area(); ++u) {
-      slots[u] = exp_nonpositive(_mm512_sub_ps(slots[u], max));
-      sum = _mm512_add_ps(sum, slots[u]);
-    }
-
-    std::fill(acc, acc + D, _mm512_setzero_ps());  // acc[d] = the lanes' sum_u p_u v_u[d]
-    for (int64_t uh = 0; uh < kh; ++uh) {
-      const Vec* g = ring.row(first_row + uh) + kw * D;
-      for_each_block(kw, [&](int64_t u, auto count) { gathered_axpys<count()>(slots + uh * kw + u, g + u * D, D, acc); });
-    }
-    store_lanes(acc, D, _mm512_div_ps(_mm512_set1_ps(1.f), sum), t.column, t.lanes, out + i * W * D);
-
-    alignas(64) float max_of[kLanes], sum_of[kLanes];
-    _mm512_store_ps(max_of, max);
-    _mm512_store_ps(sum_of, sum);
-    for (int64_t l = 0; l < t.lanes; ++l) lse[i * W + t.column[l]] = max_of[l] + std::log(sum_of[l]);
   }
 }
 
@@ -491,9 +611,10 @@ void forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Ten
   const std::vector<std::vector<QueryTile>> tiles = query_tiles_of(make_layouts(groups, p.width));
   const Tasks<QueryTile> tasks(tiles, groups);
   int64_t ring = 0;
-  for (const HeadShape& s : groups.heads) ring = std::max(ring, s.kernel_h * 2 * s.kernel_w * D);
+  for (const HeadShape& s : groups.heads) ring = std::max(ring, (s.kernel_h + kRowsPerStep - 1) * 2 * s.kernel_w * D);
   auto make_scratch = [&] {
-    return ForwardScratch{Registers(D), Registers(groups.max_kernel_area()), Registers(D), Registers(ring)};
+    return ForwardScratch{Registers(kRowsPerStep * D), Registers(kRowsPerStep * groups.max_kernel_area()),
+                          Registers(kRowsPerStep * D), Registers(ring)};
   };
   parallel_tasks(planes * tasks.per_plane, make_scratch, [&](ForwardScratch& scratch, int64_t task) {
     const int64_t bh = task / tasks.per_plane;
@@ -519,54 +640,58 @@ struct BackwardScratch {
 void query_sweep(const QueryTile& t, const HeadShape& s, const float* table, int64_t group, const Problem& p,
                  float scale, const BackwardPlane& x, float* dq, BackwardScratch& scratch) {
   const int64_t D = p.dim, W = p.width, H = p.height, kh = s.kernel_h, kw = s.kernel_w, dh = s.dilation_h;
+  const int64_t area = s.kernel_area();
+  // Per step row r: q_t, dout_t, acc + r * D; logits, dp + r * area.
   Vec *q_t = scratch.q_t.data(), *dout_t = scratch.dout_t.data(), *acc = scratch.acc.data();
   Vec *logits = scratch.logits.data(), *dp = scratch.dp.data(), *bias_acc = scratch.bias_acc.data();
   Idx key[kMaxKernel];
   slot_indices(t.key_offset, kw, key);
   const Idx bias_col = _mm512_load_si512(t.bias_col), columns = _mm512_load_si512(t.column);
   const __mmask16 valid = first_lanes(t.lanes);
-  RowRing ring(kh, 2 * kw * D, scratch.query_ring.data());  // a gathered key row: kw * D registers of k, then of v
-  for (int64_t i = group; i < H; i += dh) {
-    const int64_t row0 = window_start(i, H, kh, dh), first_row = (row0 - group) / dh;
-    ring.fill(first_row + kh, [&](int64_t r, Vec* g) {
-      const int64_t a = group + r * dh;
-      gather_row(x.k + a * W * D, t.window, D, key, kw, g);
-      gather_row(x.v + a * W * D, t.window, D, key, kw, g + kw * D);
-    });
-    lanes_of(x.q + i * W * D, t.column, D, q_t);
-    scale_lanes(q_t, D, scale);
-    lanes_of(x.dout + i * W * D, t.column, D, dout_t);
-    const Vec lse = _mm512_i32gather_ps(columns, x.lse + i * W, sizeof(float));
-    const Vec delta = _mm512_i32gather_ps(columns, x.delta + i * W, sizeof(float));
+  // A gathered key row: kw * D registers of k, then of v.
+  RowRing ring(kh + kRowsPerStep - 1, 2 * kw * D, scratch.query_ring.data());
+  auto dots = [&](auto C, auto R, const Vec* const* x_t, const Vec* g, Vec* const* out) {
+    gathered_dots<C(), R()>(x_t, g, D, out);
+  };
+  for (int64_t i = group; i < H; i += kRowsPerStep * dh) {
+    const StepRows step(i, group, H, kh, dh);
+    gather_step_keys(step, t, key, kh, kw, group, dh, p, x.k, x.v, ring);
+    load_query_rows(step, t, x.q, p, scale, q_t);
+    load_query_rows(step, t, x.dout, p, 1.f, dout_t);
+    prefetch_next_step(step, t, kh, group, dh, p, {x.q, x.dout}, {x.k, x.v});
 
-    // logits[u] becomes ds_u: logit -> p = exp(logit - lse) -> p (dp - delta), zero on unused lanes.
-    const int64_t bias_row0 = bias_index(i, row0, kh, dh);
-    for (int64_t uh = 0; uh < kh; ++uh) {
-      const Vec* g = ring.row(first_row + uh);
-      Vec *logit = logits + uh * kw, *dpu = dp + uh * kw;
-      for_each_block(kw, [&](int64_t u, auto count) {
-        gathered_dots<count()>(q_t, g + u * D, D, logit + u);
-        gathered_dots<count()>(dout_t, g + (kw + u) * D, D, dpu + u);
-      });
-      const int64_t bias_row = bias_row0 + uh;
-      const BiasRow bias(table ? table + bias_row * s.bias_cols() : nullptr, s.bias_cols());
-      for (int64_t uw = 0; uw < kw; ++uw) {
-        const Vec z = _mm512_sub_ps(_mm512_add_ps(logit[uw], bias.at(plus(bias_col, uw))), lse);
-        logit[uw] = _mm512_maskz_mul_ps(valid, exp_nonpositive(z), _mm512_sub_ps(dpu[uw], delta));
-        if (table)
-          for (const auto& [col, lanes] : t.bias_classes) {
-            Vec& entry = bias_acc[bias_row * s.bias_cols() + col + uw];
-            entry = _mm512_mask_add_ps(entry, lanes, entry, logit[uw]);
-          }
+    // logits = (scale q) . k and dp = grad_out . v per slot, then logits[u] becomes ds_u:
+    // logit -> p = exp(logit - lse) -> p (dp - delta), zero on unused lanes.
+    step_products(step, ring, kh, kw, D, 0, [&](int r, int, int64_t) { return q_t + r * D; },
+                  [&](int r, int uh, int64_t u) { return logits + r * area + uh * kw + u; }, dots);
+    step_products(step, ring, kh, kw, D, kw * D, [&](int r, int, int64_t) { return dout_t + r * D; },
+                  [&](int r, int uh, int64_t u) { return dp + r * area + uh * kw + u; }, dots);
+    for (int r = 0; r < step.count; ++r) {
+      const int64_t row = step.query[r], bias_row0 = bias_index(row, step.start[r], kh, dh);
+      const Vec lse = _mm512_i32gather_ps(columns, x.lse + row * W, sizeof(float));
+      const Vec delta = _mm512_i32gather_ps(columns, x.delta + row * W, sizeof(float));
+      for (int64_t uh = 0; uh < kh; ++uh) {
+        Vec *logit = logits + r * area + uh * kw, *dpu = dp + r * area + uh * kw;
+        const int64_t bias_row = bias_row0 + uh;
+        const BiasRow bias(table ? table + bias_row * s.bias_cols() : nullptr, s.bias_cols());
+        for (int64_t uw = 0; uw < kw; ++uw) {
+          const Vec z = _mm512_sub_ps(_mm512_add_ps(logit[uw], bias.at(plus(bias_col, uw))), lse);
+          logit[uw] = _mm512_maskz_mul_ps(valid, exp_nonpositive(z), _mm512_sub_ps(dpu[uw], delta));
+          if (table)
+            for (const auto& [col, lanes] : t.bias_classes) {
+              Vec& entry = bias_acc[bias_row * s.bias_cols() + col + uw];
+              entry = _mm512_mask_add_ps(entry, lanes, entry, logit[uw]);
+            }
+        }
       }
     }
 
-    std::fill(acc, acc + D, _mm512_setzero_ps());
-    for (int64_t uh = 0; uh < kh; ++uh) {
-      const Vec* g = ring.row(first_row + uh);
-      for_each_block(kw, [&](int64_t u, auto count) { gathered_axpys<count()>(logits + uh * kw + u, g + u * D, D, acc); });
-    }
-    store_lanes(acc, D, _mm512_set1_ps(scale), t.column, t.lanes, dq + i * W * D);
+    std::fill(acc, acc + step.count * D, _mm512_setzero_ps());
+    step_products(step, ring, kh, kw, D, 0, [&](int r, int uh, int64_t u) { return logits + r * area + uh * kw + u; },
+                  [&](int r, int, int64_t) { return acc + r * D; },
+                  [&](auto C, auto R, const Vec* const* w, const Vec* g, Vec* const* a) { gathered_axpys<C(), R()>(w, g, D, a); });
+    for (int r = 0; r < step.count; ++r)
+      store_lanes(acc + r * D, D, _mm512_set1_ps(scale), t.column, t.lanes, dq + step.query[r] * W * D);
   }
 }
 
@@ -606,8 +731,9 @@ void key_sweep(const KeyTile& t, const HeadShape& s, const float* table, int64_t
         constexpr int C = block();
         Vec prob[C], ds[C];
         __mmask16 attends[C];  // the lanes whose key the m-th gathered query attends
-        gathered_dots<C>(k_t, q_g + m0 * D, D, prob);
-        gathered_dots<C>(v_t, dout_g + m0 * D, D, ds);
+        Vec *prob_out = prob, *ds_out = ds;
+        gathered_dots<C, 1>(&k_t, q_g + m0 * D, D, &prob_out);
+        gathered_dots<C, 1>(&v_t, dout_g + m0 * D, D, &ds_out);
         for (int c = 0; c < C; ++c) {
           const int64_t m = m0 + c;
           attends[c] = _mm512_cmpgt_epi32_mask(count, _mm512_set1_epi32(static_cast<int32_t>(m)));
@@ -615,8 +741,9 @@ void key_sweep(const KeyTile& t, const HeadShape& s, const float* table, int64_t
           prob[c] = _mm512_maskz_mov_ps(attends[c], exp_nonpositive(_mm512_sub_ps(logit, lse_g[m])));
           ds[c] = _mm512_maskz_mul_ps(attends[c], prob[c], _mm512_sub_ps(ds[c], delta_g[m]));
         }
-        gathered_axpys<C>(prob, dout_g + m0 * D, D, dv_acc, attends);
-        gathered_axpys<C>(ds, q_g + m0 * D, D, dk_acc, attends);
+        const Vec *prob_in = prob, *ds_in = ds;
+        gathered_axpys<C, 1>(&prob_in, dout_g + m0 * D, D, &dv_acc, attends);
+        gathered_axpys<C, 1>(&ds_in, q_g + m0 * D, D, &dk_acc, attends);
       });
     }
     store_lanes(dk_acc, D, _mm512_set1_ps(scale), t.column, t.lanes, dk + a * W * D);
@@ -660,14 +787,15 @@ void backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor
   const Tasks<KeyTile> key_tasks(key_tiles, groups);
   int64_t query_ring = 0, key_ring = 0;
   for (const HeadShape& s : groups.heads) {
-    query_ring = std::max(query_ring, s.kernel_h * 2 * s.kernel_w * D);
+    query_ring = std::max(query_ring, (s.kernel_h + kRowsPerStep - 1) * 2 * s.kernel_w * D);
     for (const KeyTile& t : key_tiles[s.group])
       key_ring = std::max(key_ring, (2 * s.kernel_h - 1) * (2 * t.max_count * D + 2 * t.max_count));
   }
   auto make_scratch = [&] {
-    return BackwardScratch{Registers(D),    Registers(D),         Registers(area), Registers(area),
-                           Registers(D),    Registers(bias_stride), Registers(D),  Registers(D),
-                           Registers(D),    Registers(D),         Registers(query_ring), Registers(key_ring)};
+    const int64_t rows = kRowsPerStep;  // the query pass's per-row buffers hold a step's rows
+    return BackwardScratch{Registers(rows * D), Registers(rows * D), Registers(rows * area), Registers(rows * area),
+                           Registers(rows * D), Registers(bias_stride), Registers(D), Registers(D),
+                           Registers(D),        Registers(D),           Registers(query_ring), Registers(key_ring)};
   };
   const int64_t query_task_count = planes * query_tasks.per_plane;
   parallel_tasks(query_task_count + planes * key_tasks.per_plane, make_scratch, [&](BackwardScratch& scratch, int64_t task) {
