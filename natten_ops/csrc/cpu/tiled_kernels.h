@@ -263,6 +263,7 @@ inline void for_each_block(int64_t n, const Fn& fn) {
 // One row of a bias table (2kw-1 <= 32 entries) in two registers, for pick(); zeros without a table.
 struct BiasRow {
   Vec lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
+  BiasRow() = default;
   BiasRow(const float* row, int64_t cols) {
     if (!row) return;
     lo = _mm512_maskz_loadu_ps(first_lanes(std::min(cols, kLanes)), row);
@@ -441,31 +442,50 @@ inline void slot_indices(const int32_t* offset, int64_t n, Idx* index) {
   for (int64_t u = 0; u < n; ++u) index[u] = plus(base, u);
 }
 
-// The query rows of one sweep step: in-group rows i_r = group + (first_query + r) * dh for r < count
-// (count <= kRowsPerStep), whose key windows start at input row start[r] = in-group key row first[r]
-// and span kh rows. first[] never decreases and grows by at most 1 per row, so a step reads the
-// in-group key rows [first[0], first[count - 1] + kh): at most kh + kRowsPerStep - 1 rows.
+// The rows of one sweep step: in-group rows row[j] = i + j * dh (j < count <= kRowsPerStep) of one
+// kind (query rows, or key rows in the key pass), each reading the in-group rows [first[j], end[j])
+// of the other kind (its key window, or the query rows of its inverse neighbourhood). first[] and
+// end[] never decrease, so the step reads the in-group rows [first[0], end[count - 1]).
 struct StepRows {
-  int count;
-  int64_t query[kRowsPerStep], start[kRowsPerStep], first[kRowsPerStep];
-  StepRows(int64_t i, int64_t group, int64_t H, int64_t kh, int64_t dh) : count(0) {
-    for (; count < kRowsPerStep && i + count * dh < H; ++count) {
-      query[count] = i + count * dh;
-      start[count] = window_start(query[count], H, kh, dh);
-      first[count] = (start[count] - group) / dh;
+  int count = 0;
+  int64_t row[kRowsPerStep], first[kRowsPerStep], end[kRowsPerStep];
+  int64_t start[kRowsPerStep];  // query steps: the input row where row[j]'s key window starts
+
+  static StepRows of_queries(int64_t i, int64_t group, int64_t H, int64_t kh, int64_t dh) {
+    StepRows step;
+    for (; step.count < kRowsPerStep && i + step.count * dh < H; ++step.count) {
+      const int j = step.count;
+      step.row[j] = i + j * dh;
+      step.start[j] = window_start(step.row[j], H, kh, dh);
+      step.first[j] = (step.start[j] - group) / dh;
+      step.end[j] = step.first[j] + kh;
     }
+    return step;
   }
-  int64_t key_end(int64_t kh) const { return first[count - 1] + kh; }
+  static StepRows of_keys(int64_t a, int64_t group, int64_t H, int64_t kh, int64_t dh) {
+    StepRows step;
+    for (; step.count < kRowsPerStep && a + step.count * dh < H; ++step.count) {
+      const int j = step.count;
+      int64_t i0, i1;
+      step.row[j] = a + j * dh;
+      inverse_window(step.row[j], H, kh, dh, &i0, &i1);
+      step.first[j] = (i0 - group) / dh;
+      step.end[j] = (i1 - group + dh - 1) / dh;
+    }
+    return step;
+  }
+  int64_t span_end() const { return end[count - 1]; }
 };
 
-// Calls fn(key_row, rows, slot_rows, n) for each in-group key row of the step, in increasing order,
-// with the n step rows that use it: step row rows[j] takes it as its slot row slot_rows[j] (j < n).
+// Calls fn(other_row, rows, slot_rows, n) for each in-group row of the other kind that the step reads,
+// in increasing order, with the n step rows that read it: step row rows[j] takes it as its
+// slot_rows[j]-th row (j < n).
 template <typename Fn>
-inline void for_each_key_row(const StepRows& step, int64_t kh, const Fn& fn) {
-  for (int64_t r = step.first[0]; r < step.key_end(kh); ++r) {
+inline void for_each_shared_row(const StepRows& step, const Fn& fn) {
+  for (int64_t r = step.first[0]; r < step.span_end(); ++r) {
     int rows[kRowsPerStep], slot_rows[kRowsPerStep], n = 0;
     for (int j = 0; j < step.count; ++j)
-      if (r >= step.first[j] && r < step.first[j] + kh) rows[n] = j, slot_rows[n] = static_cast<int>(r - step.first[j]), ++n;
+      if (r >= step.first[j] && r < step.end[j]) rows[n] = j, slot_rows[n] = static_cast<int>(r - step.first[j]), ++n;
     fn(r, rows, slot_rows, n);
   }
 }
@@ -483,9 +503,9 @@ inline void with_row_count(int n, const Fn& fn) {
 // product<C, R>(x, gathered registers of the block, out). Used for q.k, grad_out.v (dots) and
 // p.v, ds.k (axpys): `offset` picks the k or v half of a gathered row.
 template <typename XOf, typename OutOf, typename Product>
-inline void step_products(const StepRows& step, const RowRing& ring, int64_t kh, int64_t kw, int64_t D,
-                          int64_t offset, const XOf& x_of, const OutOf& out_of, const Product& product) {
-  for_each_key_row(step, kh, [&](int64_t key_row, const int* rows, const int* slot_rows, int n) {
+inline void step_products(const StepRows& step, const RowRing& ring, int64_t kw, int64_t D, int64_t offset,
+                          const XOf& x_of, const OutOf& out_of, const Product& product) {
+  for_each_shared_row(step, [&](int64_t key_row, const int* rows, const int* slot_rows, int n) {
     const Vec* g = ring.row(key_row) + offset;
     with_row_count(n, [&](auto row_count) {
       constexpr int R = decltype(row_count)::value;
@@ -500,37 +520,39 @@ inline void step_products(const StepRows& step, const RowRing& ring, int64_t kh,
 }
 
 // Gathers the key rows of a step that the ring lacks: kw * D registers of k, then of v, per row.
-inline void gather_step_keys(const StepRows& step, const QueryTile& t, const Idx* key, int64_t kh, int64_t kw,
-                             int64_t group, int64_t dh, const Problem& p, const float* k, const float* v, RowRing& ring) {
+inline void gather_step_keys(const StepRows& step, const QueryTile& t, const Idx* key, int64_t kw, int64_t group,
+                             int64_t dh, const Problem& p, const float* k, const float* v, RowRing& ring) {
   const int64_t D = p.dim, W = p.width;
-  ring.fill(step.key_end(kh), [&](int64_t r, Vec* g) {
+  ring.fill(step.span_end(), [&](int64_t r, Vec* g) {
     const int64_t a = group + r * dh;
     gather_row(k + a * W * D, t.window, D, key, kw, g);
     gather_row(v + a * W * D, t.window, D, key, kw, g + kw * D);
   });
 }
 
-// x_t + r * D = the tile's lanes of the step's query rows of x (one plane [H, W, D]), times scale
-// (logits are (scale * q) . k, as in the reference, scale = inf included).
-inline void load_query_rows(const StepRows& step, const QueryTile& t, const float* x, const Problem& p, float scale,
-                            Vec* x_t) {
+// x_t + r * D = the tile's lanes (at input columns `column`) of the step's rows of x (one plane
+// [H, W, D]), times scale (logits are (scale * q) . k, as in the reference, scale = inf included).
+inline void load_step_rows(const StepRows& step, const int32_t* column, const float* x, const Problem& p, float scale,
+                           Vec* x_t) {
   for (int r = 0; r < step.count; ++r) {
-    lanes_of(x + step.query[r] * p.width * p.dim, t.column, p.dim, x_t + r * p.dim);
+    lanes_of(x + step.row[r] * p.width * p.dim, column, p.dim, x_t + r * p.dim);
     if (scale != 1.f) scale_lanes(x_t + r * p.dim, p.dim, scale);
   }
 }
 
-// Prefetches the query rows of the step after `step` (x: one plane) and the key rows it may gather.
-inline void prefetch_next_step(const StepRows& step, const QueryTile& t, int64_t kh, int64_t group, int64_t dh,
-                               const Problem& p, std::initializer_list<const float*> query_planes,
-                               std::initializer_list<const float*> key_planes) {
+// Prefetches the rows of the step after `step` (of the planes `step_planes`, at the tile's columns)
+// and the rows of the other kind it may gather (of `gathered_planes`, at the window's columns).
+template <typename Tile>
+inline void prefetch_next_step(const StepRows& step, const Tile& t, int64_t group, int64_t dh, const Problem& p,
+                               std::initializer_list<const float*> step_planes,
+                               std::initializer_list<const float*> gathered_planes) {
   const int64_t D = p.dim, W = p.width, H = p.height;
   for (int64_t r = 1; r <= kRowsPerStep; ++r) {
-    const int64_t i = step.query[step.count - 1] + r * dh, a = group + (step.key_end(kh) - 1 + r) * dh;
+    const int64_t i = step.row[step.count - 1] + r * dh, a = group + (step.span_end() - 1 + r) * dh;
     if (i < H)
-      for (const float* x : query_planes) prefetch_columns(x + i * W * D, t.column, t.lanes, D);
+      for (const float* x : step_planes) prefetch_columns(x + i * W * D, t.column, t.lanes, D);
     if (a < H)
-      for (const float* x : key_planes) prefetch_columns(x + a * W * D, t.window.column, t.window.size, D);
+      for (const float* x : gathered_planes) prefetch_columns(x + a * W * D, t.window.column, t.window.size, D);
   }
 }
 
@@ -553,19 +575,19 @@ void forward_sweep(const QueryTile& t, const HeadShape& s, const float* table, i
   // A gathered key row: kw * D registers of k, then of v.
   RowRing ring(kh + kRowsPerStep - 1, 2 * kw * D, scratch.ring.data());
   for (int64_t i = group; i < H; i += kRowsPerStep * dh) {
-    const StepRows step(i, group, H, kh, dh);
-    gather_step_keys(step, t, key, kh, kw, group, dh, p, k, v, ring);
-    load_query_rows(step, t, q, p, scale, q_t);
-    prefetch_next_step(step, t, kh, group, dh, p, {q}, {k, v});
+    const StepRows step = StepRows::of_queries(i, group, H, kh, dh);
+    gather_step_keys(step, t, key, kw, group, dh, p, k, v, ring);
+    load_step_rows(step, t.column, q, p, scale, q_t);
+    prefetch_next_step(step, t, group, dh, p, {q}, {k, v});
 
     // slots[r * area + uh * kw + uw] = scale * q . k + bias, then exp(. - max); sum over the slots.
-    step_products(step, ring, kh, kw, D, 0, [&](int r, int, int64_t) { return q_t + r * D; },
+    step_products(step, ring, kw, D, 0, [&](int r, int, int64_t) { return q_t + r * D; },
                   [&](int r, int uh, int64_t u) { return slots + r * area + uh * kw + u; },
                   [&](auto C, auto R, const Vec* const* x, const Vec* g, Vec* const* o) { gathered_dots<C(), R()>(x, g, D, o); });
     Vec max[kRowsPerStep], sum[kRowsPerStep];
     for (int r = 0; r < step.count; ++r) {
       Vec* logit = slots + r * area;
-      const int64_t bias_row0 = bias_index(step.query[r], step.start[r], kh, dh);
+      const int64_t bias_row0 = bias_index(step.row[r], step.start[r], kh, dh);
       max[r] = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
       for (int64_t uh = 0; uh < kh; ++uh) {
         const BiasRow bias(table ? table + (bias_row0 + uh) * s.bias_cols() : nullptr, s.bias_cols());
@@ -583,11 +605,11 @@ void forward_sweep(const QueryTile& t, const HeadShape& s, const float* table, i
     }
 
     std::fill(acc, acc + step.count * D, _mm512_setzero_ps());  // acc[r * D + d] = the lanes' sum_u p_u v_u[d]
-    step_products(step, ring, kh, kw, D, kw * D, [&](int r, int uh, int64_t u) { return slots + r * area + uh * kw + u; },
+    step_products(step, ring, kw, D, kw * D, [&](int r, int uh, int64_t u) { return slots + r * area + uh * kw + u; },
                   [&](int r, int, int64_t) { return acc + r * D; },
                   [&](auto C, auto R, const Vec* const* w, const Vec* g, Vec* const* a) { gathered_axpys<C(), R()>(w, g, D, a); });
     for (int r = 0; r < step.count; ++r) {
-      const int64_t row = step.query[r];
+      const int64_t row = step.row[r];
       store_lanes(acc + r * D, D, _mm512_div_ps(_mm512_set1_ps(1.f), sum[r]), t.column, t.lanes, out + row * W * D);
       alignas(64) float max_of[kLanes], sum_of[kLanes];
       _mm512_store_ps(max_of, max[r]);
@@ -654,20 +676,20 @@ void query_sweep(const QueryTile& t, const HeadShape& s, const float* table, int
     gathered_dots<C(), R()>(x_t, g, D, out);
   };
   for (int64_t i = group; i < H; i += kRowsPerStep * dh) {
-    const StepRows step(i, group, H, kh, dh);
-    gather_step_keys(step, t, key, kh, kw, group, dh, p, x.k, x.v, ring);
-    load_query_rows(step, t, x.q, p, scale, q_t);
-    load_query_rows(step, t, x.dout, p, 1.f, dout_t);
-    prefetch_next_step(step, t, kh, group, dh, p, {x.q, x.dout}, {x.k, x.v});
+    const StepRows step = StepRows::of_queries(i, group, H, kh, dh);
+    gather_step_keys(step, t, key, kw, group, dh, p, x.k, x.v, ring);
+    load_step_rows(step, t.column, x.q, p, scale, q_t);
+    load_step_rows(step, t.column, x.dout, p, 1.f, dout_t);
+    prefetch_next_step(step, t, group, dh, p, {x.q, x.dout}, {x.k, x.v});
 
     // logits = (scale q) . k and dp = grad_out . v per slot, then logits[u] becomes ds_u:
     // logit -> p = exp(logit - lse) -> p (dp - delta), zero on unused lanes.
-    step_products(step, ring, kh, kw, D, 0, [&](int r, int, int64_t) { return q_t + r * D; },
+    step_products(step, ring, kw, D, 0, [&](int r, int, int64_t) { return q_t + r * D; },
                   [&](int r, int uh, int64_t u) { return logits + r * area + uh * kw + u; }, dots);
-    step_products(step, ring, kh, kw, D, kw * D, [&](int r, int, int64_t) { return dout_t + r * D; },
+    step_products(step, ring, kw, D, kw * D, [&](int r, int, int64_t) { return dout_t + r * D; },
                   [&](int r, int uh, int64_t u) { return dp + r * area + uh * kw + u; }, dots);
     for (int r = 0; r < step.count; ++r) {
-      const int64_t row = step.query[r], bias_row0 = bias_index(row, step.start[r], kh, dh);
+      const int64_t row = step.row[r], bias_row0 = bias_index(row, step.start[r], kh, dh);
       const Vec lse = _mm512_i32gather_ps(columns, x.lse + row * W, sizeof(float));
       const Vec delta = _mm512_i32gather_ps(columns, x.delta + row * W, sizeof(float));
       for (int64_t uh = 0; uh < kh; ++uh) {
@@ -687,67 +709,83 @@ void query_sweep(const QueryTile& t, const HeadShape& s, const float* table, int
     }
 
     std::fill(acc, acc + step.count * D, _mm512_setzero_ps());
-    step_products(step, ring, kh, kw, D, 0, [&](int r, int uh, int64_t u) { return logits + r * area + uh * kw + u; },
+    step_products(step, ring, kw, D, 0, [&](int r, int uh, int64_t u) { return logits + r * area + uh * kw + u; },
                   [&](int r, int, int64_t) { return acc + r * D; },
                   [&](auto C, auto R, const Vec* const* w, const Vec* g, Vec* const* a) { gathered_axpys<C(), R()>(w, g, D, a); });
     for (int r = 0; r < step.count; ++r)
-      store_lanes(acc + r * D, D, _mm512_set1_ps(scale), t.column, t.lanes, dq + step.query[r] * W * D);
+      store_lanes(acc + r * D, D, _mm512_set1_ps(scale), t.column, t.lanes, dq + step.row[r] * W * D);
   }
 }
 
 // Backward key pass of one key tile over the rows of one dilation group: dk = scale sum ds q and
-// dv = sum p dout over the keys' inverse neighbourhoods, recomputing p and ds from lse and delta.
+// dv = sum p dout over the keys' inverse neighbourhoods, recomputing p and ds from lse and delta. A step
+// takes kRowsPerStep key rows, sharing each gathered query register between them.
 void key_sweep(const KeyTile& t, const HeadShape& s, const float* table, int64_t group, const Problem& p, float scale,
                const BackwardPlane& x, float* dk, float* dv, BackwardScratch& scratch) {
   const int64_t D = p.dim, W = p.width, H = p.height, kh = s.kernel_h, dh = s.dilation_h, M = t.max_count;
+  // Per step row r: k_t, v_t, dk_acc, dv_acc + r * D.
   Vec *k_t = scratch.k_t.data(), *v_t = scratch.v_t.data();
   Vec *dk_acc = scratch.dk_acc.data(), *dv_acc = scratch.dv_acc.data();
   Idx query[kMaxInverse];  // lane l's m-th query: window element query_offset[l] + m
   slot_indices(t.query_offset, M, query);
   const Idx count = _mm512_load_si512(t.count), bias_col = _mm512_load_si512(t.bias_col);
   // A gathered query row: M * D registers of q, then of grad_out, then M of lse and M of delta.
-  RowRing ring(2 * kh - 1, 2 * M * D + 2 * M, scratch.key_ring.data());
-  for (int64_t a = group; a < H; a += dh) {
-    int64_t i0, i1;
-    inverse_window(a, H, kh, dh, &i0, &i1);
-    const int64_t first_row = (i0 - group) / dh, end_row = (i1 - group + dh - 1) / dh;
-    ring.fill(end_row, [&](int64_t r, Vec* g) {
+  RowRing ring(2 * kh - 1 + kRowsPerStep - 1, 2 * M * D + 2 * M, scratch.key_ring.data());
+  for (int64_t a = group; a < H; a += kRowsPerStep * dh) {
+    const StepRows step = StepRows::of_keys(a, group, H, kh, dh);
+    ring.fill(step.span_end(), [&](int64_t r, Vec* g) {
       const int64_t i = group + r * dh;
       gather_row(x.q + i * W * D, t.window, D, query, M, g);
       gather_row(x.dout + i * W * D, t.window, D, query, M, g + M * D);
       gather_values(x.lse + i * W, t.window, query, M, g + 2 * M * D);
       gather_values(x.delta + i * W, t.window, query, M, g + 2 * M * D + M);
     });
-    lanes_of(x.k + a * W * D, t.column, D, k_t);
-    scale_lanes(k_t, D, scale);  // q . (scale * k): the same products as (scale * q) . k
-    lanes_of(x.v + a * W * D, t.column, D, v_t);
-    std::fill(dk_acc, dk_acc + D, _mm512_setzero_ps());
-    std::fill(dv_acc, dv_acc + D, _mm512_setzero_ps());
-    for (int64_t r = first_row; r < end_row; ++r) {
+    load_step_rows(step, t.column, x.k, p, scale, k_t);  // q . (scale * k): the same products as (scale * q) . k
+    load_step_rows(step, t.column, x.v, p, 1.f, v_t);
+    prefetch_next_step(step, t, group, dh, p, {x.k, x.v}, {x.q, x.dout});
+    std::fill(dk_acc, dk_acc + step.count * D, _mm512_setzero_ps());
+    std::fill(dv_acc, dv_acc + step.count * D, _mm512_setzero_ps());
+    for_each_shared_row(step, [&](int64_t r, const int* rows, const int*, int n) {
       const Vec *q_g = ring.row(r), *dout_g = q_g + M * D, *lse_g = q_g + 2 * M * D, *delta_g = lse_g + M;
       const int64_t i = group + r * dh;
-      const BiasRow bias(table ? table + bias_index(i, a, kh, dh) * s.bias_cols() : nullptr, s.bias_cols());
-      for_each_block(M, [&](int64_t m0, auto block) {
-        constexpr int C = block();
-        Vec prob[C], ds[C];
-        __mmask16 attends[C];  // the lanes whose key the m-th gathered query attends
-        Vec *prob_out = prob, *ds_out = ds;
-        gathered_dots<C, 1>(&k_t, q_g + m0 * D, D, &prob_out);
-        gathered_dots<C, 1>(&v_t, dout_g + m0 * D, D, &ds_out);
-        for (int c = 0; c < C; ++c) {
-          const int64_t m = m0 + c;
-          attends[c] = _mm512_cmpgt_epi32_mask(count, _mm512_set1_epi32(static_cast<int32_t>(m)));
-          const Vec logit = _mm512_add_ps(prob[c], bias.at(plus(bias_col, -m)));
-          prob[c] = _mm512_maskz_mov_ps(attends[c], exp_nonpositive(_mm512_sub_ps(logit, lse_g[m])));
-          ds[c] = _mm512_maskz_mul_ps(attends[c], prob[c], _mm512_sub_ps(ds[c], delta_g[m]));
+      with_row_count(n, [&](auto row_count) {
+        constexpr int R = decltype(row_count)::value;
+        const Vec *k_rows[R], *v_rows[R];
+        Vec *dk_rows[R], *dv_rows[R];
+        BiasRow bias[R];
+        for (int j = 0; j < R; ++j) {
+          k_rows[j] = k_t + rows[j] * D, v_rows[j] = v_t + rows[j] * D;
+          dk_rows[j] = dk_acc + rows[j] * D, dv_rows[j] = dv_acc + rows[j] * D;
+          const int64_t bias_row = bias_index(i, step.row[rows[j]], kh, dh);
+          bias[j] = BiasRow(table ? table + bias_row * s.bias_cols() : nullptr, s.bias_cols());
         }
-        const Vec *prob_in = prob, *ds_in = ds;
-        gathered_axpys<C, 1>(&prob_in, dout_g + m0 * D, D, &dv_acc, attends);
-        gathered_axpys<C, 1>(&ds_in, q_g + m0 * D, D, &dk_acc, attends);
+        for_each_block(M, [&](int64_t m0, auto block) {
+          constexpr int C = block();
+          Vec prob[R][C], ds[R][C];
+          const Vec *prob_in[R], *ds_in[R];
+          Vec *prob_out[R], *ds_out[R];
+          for (int j = 0; j < R; ++j) prob_in[j] = prob_out[j] = prob[j], ds_in[j] = ds_out[j] = ds[j];
+          gathered_dots<C, R>(k_rows, q_g + m0 * D, D, prob_out);
+          gathered_dots<C, R>(v_rows, dout_g + m0 * D, D, ds_out);
+          __mmask16 attends[C];  // the lanes whose key the m-th gathered query attends
+          for (int c = 0; c < C; ++c)
+            attends[c] = _mm512_cmpgt_epi32_mask(count, _mm512_set1_epi32(static_cast<int32_t>(m0 + c)));
+          for (int j = 0; j < R; ++j)
+            for (int c = 0; c < C; ++c) {
+              const int64_t m = m0 + c;
+              const Vec logit = _mm512_add_ps(prob[j][c], bias[j].at(plus(bias_col, -m)));
+              prob[j][c] = _mm512_maskz_mov_ps(attends[c], exp_nonpositive(_mm512_sub_ps(logit, lse_g[m])));
+              ds[j][c] = _mm512_maskz_mul_ps(attends[c], prob[j][c], _mm512_sub_ps(ds[j][c], delta_g[m]));
+            }
+          gathered_axpys<C, R>(prob_in, dout_g + m0 * D, D, dv_rows, attends);
+          gathered_axpys<C, R>(ds_in, q_g + m0 * D, D, dk_rows, attends);
+        });
       });
+    });
+    for (int r = 0; r < step.count; ++r) {
+      store_lanes(dk_acc + r * D, D, _mm512_set1_ps(scale), t.column, t.lanes, dk + step.row[r] * W * D);
+      store_lanes(dv_acc + r * D, D, _mm512_set1_ps(1.f), t.column, t.lanes, dv + step.row[r] * W * D);
     }
-    store_lanes(dk_acc, D, _mm512_set1_ps(scale), t.column, t.lanes, dk + a * W * D);
-    store_lanes(dv_acc, D, _mm512_set1_ps(1.f), t.column, t.lanes, dv + a * W * D);
   }
 }
 
@@ -789,13 +827,13 @@ void backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor
   for (const HeadShape& s : groups.heads) {
     query_ring = std::max(query_ring, (s.kernel_h + kRowsPerStep - 1) * 2 * s.kernel_w * D);
     for (const KeyTile& t : key_tiles[s.group])
-      key_ring = std::max(key_ring, (2 * s.kernel_h - 1) * (2 * t.max_count * D + 2 * t.max_count));
+      key_ring = std::max(key_ring, (2 * s.kernel_h - 1 + kRowsPerStep - 1) * (2 * t.max_count * D + 2 * t.max_count));
   }
   auto make_scratch = [&] {
-    const int64_t rows = kRowsPerStep;  // the query pass's per-row buffers hold a step's rows
+    const int64_t rows = kRowsPerStep;  // the per-row buffers hold a step's rows
     return BackwardScratch{Registers(rows * D), Registers(rows * D), Registers(rows * area), Registers(rows * area),
-                           Registers(rows * D), Registers(bias_stride), Registers(D), Registers(D),
-                           Registers(D),        Registers(D),           Registers(query_ring), Registers(key_ring)};
+                           Registers(rows * D), Registers(bias_stride), Registers(rows * D), Registers(rows * D),
+                           Registers(rows * D), Registers(rows * D), Registers(query_ring), Registers(key_ring)};
   };
   const int64_t query_task_count = planes * query_tasks.per_plane;
   parallel_tasks(query_task_count + planes * key_tasks.per_plane, make_scratch, [&](BackwardScratch& scratch, int64_t task) {
