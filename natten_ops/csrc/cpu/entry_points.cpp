@@ -50,7 +50,6 @@ std::vector<Tensor> fused_backward_any(const Tensor& dout, const Tensor& q, cons
       });
   }
 #endif
-  for (Tensor* grad : {&dq, &dk, &dv}) grad->zero_();  // the portable kernels accumulate
   return with_bias_partials(p.height, groups, bias, p, q.options(), [&](T* partial, int64_t) {
     dispatch_head_dim<T>(p.dim, [&](auto dim) {
       fused_backward<T, dim()>(dout, q, k, v, out, lse, dq, dk, dv, partial, groups, bias, p, scale);

@@ -11,69 +11,293 @@
 // -inf is exactly 0.
 #pragma once
 
+#include <limits>
+#include <utility>
+
 #include "kernel_common.h"
 
 namespace natten_ops {
 namespace cpu {
 
 // ---------------------------------------------------------------------------------------------
+// Lane vectors: kLanes consecutive window slots (or queries) side by side.
+//
+// Inside a row, columns are taken in dilation-group order (group 0's columns in order, then group 1's,
+// ...), so the kw keys of a query's window are kw consecutive reordered columns, and so are the queries
+// of a row that attend one key. A sweep keeps the rows it reads transposed in that order
+// ([D][stride], stride = W + kLanes, zero past W), so the logits of one query against kLanes window
+// slots of a key row are kLanes lane-wise dot products: for each d, one broadcast of the query's d-th
+// value times kLanes consecutive values of row d, on any ISA the compiler vectorises for (AVX2,
+// AVX-512, NEON). Slots past the window (kw is rounded up to whole vectors) read the zero padding or the
+// next group's columns; their logits are replaced before use, so what they read never matters.
+// Weighted sums of value rows (attn @ v, dq, dk, dv) run over head_dim on the rows as they are stored.
+
+constexpr int64_t kLanes = 8;  // window slots per vector: one AVX2 register of floats
+
+inline int64_t lane_vectors(int64_t n) { return (n + kLanes - 1) / kLanes; }
+
+// Calls fn(std::integral_constant<int, n>{}) for 1 <= n <= kMax.
+template <int kMax, typename Fn>
+inline void with_constant(int64_t n, const Fn& fn) {
+  if constexpr (kMax > 1) {
+    if (n < kMax) return with_constant<kMax - 1>(n, fn);
+  }
+  fn(std::integral_constant<int, kMax>{});
+}
+
+// out[r * kLanes + l] = sum_d x[d] * rows[r][d * stride + l] for r < R, l < kLanes: R independent chains
+// of lane-wise FMAs sharing the loop over d.
+template <int R, int kDim, typename T>
+inline void lane_dots_block(const T* __restrict x, const T* const* rows, int64_t stride, int64_t dim,
+                            T* __restrict out) {
+  T acc[R][kLanes] = {};
+  for (int64_t d = 0; d < (kDim > 0 ? kDim : dim); ++d) {
+    const T xd = x[d];
+    for (int r = 0; r < R; ++r) {
+      const T* row = rows[r] + d * stride;
+#pragma omp simd
+      for (int64_t l = 0; l < kLanes; ++l) acc[r][l] += xd * row[l];
+    }
+  }
+  std::copy(&acc[0][0], &acc[0][0] + R * kLanes, out);
+}
+
+// lane_dots_block for any count of vectors, in blocks of up to 8 (8 chains keep two FMA units busy).
+template <int kDim, typename T>
+inline void lane_dots(const T* x, const T* const* rows, int64_t count, int64_t stride, int64_t dim, T* out) {
+  for (int64_t r0 = 0; r0 < count; r0 += 8)
+    with_constant<8>(std::min<int64_t>(8, count - r0), [&](auto block) {
+      lane_dots_block<block(), kDim>(x, rows + r0, stride, dim, out + r0 * kLanes);
+    });
+}
+
+// acc[d] += sum_{m < n} weight[m] * x[m * step + d] for d < dim: a weighted sum of n rows of a tensor
+// as stored, vectorised over d, in two interleaved partial sums (twice the independent FMA chains).
+template <int kDim, typename T>
+inline void add_weighted_rows(const T* weight, const T* x, int64_t step, int64_t n, T* __restrict acc, int64_t dim) {
+  if constexpr (kDim > 0) {
+    T even[kDim], odd[kDim] = {};
+    std::copy(acc, acc + kDim, even);
+    int64_t m = 0;
+    for (; m + 1 < n; m += 2) {
+      const T *x0 = x + m * step, *x1 = x0 + step;
+#pragma omp simd
+      for (int64_t d = 0; d < kDim; ++d) {
+        even[d] += weight[m] * x0[d];
+        odd[d] += weight[m + 1] * x1[d];
+      }
+    }
+    if (m < n) axpy<kDim>(weight[m], x + m * step, even, kDim);
+#pragma omp simd
+    for (int64_t d = 0; d < kDim; ++d) acc[d] = even[d] + odd[d];
+  } else {
+    for (int64_t m = 0; m < n; ++m) axpy<0>(weight[m], x + m * step, acc, dim);
+  }
+}
+
+// The reordered columns of one (width, kernel, dilation): see the comment above lane vectors.
+struct ColumnOrder {
+  std::vector<int64_t> column;       // input column of reordered column c
+  std::vector<int64_t> key_begin;    // reordered column of the first key of column[c]'s window
+  std::vector<int64_t> query_begin;  // reordered column of the first query of a row that attends column[c]
+  std::vector<int64_t> query_count;  // how many queries of a row attend column[c]
+
+  ColumnOrder(int64_t width, int64_t kernel, int64_t dilation)
+      : key_begin(width), query_begin(width), query_count(width) {
+    std::vector<int64_t> position(width);
+    for (int64_t g = 0; g < dilation; ++g)
+      for (int64_t j = g; j < width; j += dilation) {
+        position[j] = static_cast<int64_t>(column.size());
+        column.push_back(j);
+      }
+    for (int64_t c = 0; c < width; ++c) {
+      int64_t first, end;
+      inverse_window(column[c], width, kernel, dilation, &first, &end);
+      key_begin[c] = position[window_start(column[c], width, kernel, dilation)];
+      query_begin[c] = position[first];
+      query_count[c] = (end - first + dilation - 1) / dilation;
+    }
+  }
+};
+
+inline std::vector<ColumnOrder> column_orders(const Groups& groups, int64_t width) {
+  std::vector<ColumnOrder> orders;
+  for (int64_t g = 0; g < groups.count(); ++g)
+    orders.emplace_back(width, groups.first_head(g).kernel_w, groups.first_head(g).dilation_w);
+  return orders;
+}
+
+// out[d * stride + c] = x_row[column[c] * dim + d] for c < W, d < dim: one row [W, dim] transposed in
+// reordered columns (the padding past W is left as it is: zero).
+template <typename T>
+inline void transpose_row(const T* x_row, const ColumnOrder& order, int64_t dim, int64_t stride, T* out) {
+  for (int64_t c = 0; c < static_cast<int64_t>(order.column.size()); ++c) {
+    const T* x = x_row + order.column[c] * dim;
+    for (int64_t d = 0; d < dim; ++d) out[d * stride + c] = x[d];
+  }
+}
+
+// The values of one row [W] in reordered columns.
+template <typename T>
+inline void reorder_row(const T* x_row, const ColumnOrder& order, T* out) {
+  for (int64_t c = 0; c < static_cast<int64_t>(order.column.size()); ++c) out[c] = x_row[order.column[c]];
+}
+
+// A head's bias table [2kh-1, 2kw-1] with rows padded to `stride` entries (zeros), each row as is or
+// reversed, so a run of kLanes window slots (or queries) reads consecutive entries.
+template <typename T>
+struct PaddedBias {
+  int64_t stride;
+  std::vector<T> rows;
+  PaddedBias(const T* table, const HeadShape& s, bool reversed)
+      : stride(s.bias_cols() + lane_vectors(s.bias_cols()) * kLanes),
+        rows(table ? (2 * s.kernel_h - 1) * stride : 0, T(0)) {
+    for (int64_t r = 0; table && r < 2 * s.kernel_h - 1; ++r)
+      for (int64_t c = 0; c < s.bias_cols(); ++c)
+        rows[r * stride + (reversed ? s.bias_cols() - 1 - c : c)] = table[r * s.bias_cols() + c];
+  }
+  const T* row(int64_t r) const { return rows.empty() ? nullptr : rows.data() + r * stride; }
+};
+
+// The in-group rows of a sweep's tensors that it has transposed: in-group row r sits in slot r % capacity.
+// Rows are added in increasing order and a sweep never reads back further than `capacity` rows.
+template <typename T>
+class RowRing {
+ public:
+  RowRing(int64_t capacity, int64_t row_size, T* storage) : capacity_(capacity), row_size_(row_size), data_(storage) {}
+  // Fills the rows [begin, end) not filled yet: fill(r, destination).
+  template <typename Fill>
+  void fill(int64_t begin, int64_t end, const Fill& fill_row) {
+    for (next_ = std::max(next_, begin); next_ < end; ++next_) fill_row(next_, row(next_));
+  }
+  T* row(int64_t r) const { return data_ + r % capacity_ * row_size_; }
+
+ private:
+  int64_t capacity_, row_size_, next_ = 0;
+  T* data_;
+};
+
+// A sweep: the in-group rows [first, end) of dilation group `group` of rows in (batch, head) plane `plane`.
+struct Sweep {
+  int64_t plane, group, first, end;
+};
+
+// The sweeps of a pass: each plane's row groups, split into chunks (of at least 2 kh rows) until there
+// are about 4 per thread. Every output row belongs to one sweep, whatever the split.
+inline std::vector<Sweep> sweeps_of(const Groups& groups, const Problem& p) {
+  std::vector<Sweep> sweeps;
+  const int64_t planes = p.batch * p.heads, wanted = 4 * at::get_num_threads();
+  for (int64_t plane = 0; plane < planes; ++plane) {
+    const HeadShape& s = groups.heads[plane % p.heads];
+    for (int64_t g = 0; g < s.dilation_h; ++g) {
+      const int64_t rows = (p.height - 1 - g) / s.dilation_h + 1;
+      const int64_t per_group = (wanted + planes * s.dilation_h - 1) / (planes * s.dilation_h);
+      const int64_t chunks = std::max<int64_t>(1, std::min(per_group, rows / (2 * s.kernel_h)));
+      for (int64_t c = 0; c < chunks; ++c) sweeps.push_back({plane, g, rows * c / chunks, rows * (c + 1) / chunks});
+    }
+  }
+  return sweeps;
+}
+
+// Softmax weights of one query's logits [kh][vectors * kLanes] (slots uw >= kw are padding): every
+// logit becomes exp(logit - max), padding 0; returns (max, sum of the weights).
+template <typename T>
+inline std::pair<T, T> softmax_weights(T* logits, int64_t count, int64_t row_size, int64_t kw) {
+  T max = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : max)
+  for (int64_t u = 0; u < count; ++u) {
+    logits[u] = u % row_size < kw ? logits[u] : -std::numeric_limits<T>::infinity();
+    max = std::max(max, logits[u]);
+  }
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t u = 0; u < count; ++u) {
+    logits[u] = exp_nonpositive(logits[u] - max);
+    sum += logits[u];
+  }
+  return {max, sum};
+}
+
+// Pointers to the lane vectors of a window: vectors v < per_row of each of `rows` rows start at
+// base[r] + offset + v * kLanes.
+template <typename T>
+inline void window_vectors(T* const* base, int64_t rows, int64_t offset, int64_t per_row, const T** out) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t v = 0; v < per_row; ++v) out[r * per_row + v] = base[r] + offset + v * kLanes;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Fused na2d: out = softmax(scale * q.k + rpb) v, saving the log-sum-exp for the backward pass.
+// A sweep goes down the rows of one dilation group; the key rows of the window are transposed once
+// per sweep (a ring of kh rows) and serve every query row whose window holds them.
 
 template <typename T, int kDim>
 void fused_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& out, Tensor& lse,
                    const Groups& groups, const BiasTables<T>& bias, const Problem& p, T scale) {
   const T *qp = q.data_ptr<T>(), *kp = k.data_ptr<T>(), *vp = v.data_ptr<T>();
   T *op = out.data_ptr<T>(), *lp = lse.data_ptr<T>();
-  const int64_t D = kDim > 0 ? kDim : p.dim, W = p.width, area = groups.max_kernel_area();
-  at::parallel_for(0, p.rows(), 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> logits(area), acc(D), q_scaled(D);
-    std::vector<int64_t> key(area);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t bh = row / p.height, i = row % p.height;
-      const HeadShape& s = groups.heads[bh % p.heads];
-      const T* table = bias.of(s);
-      const int64_t plane = bh * p.plane(), n = s.kernel_area();
-      const int64_t row0 = window_start(i, p.height, s.kernel_h, s.dilation_h);
-      const int64_t bias_row0 = bias_index(i, row0, s.kernel_h, s.dilation_h);
-      for (int64_t j = 0; j < W; ++j) {
-        const int64_t query = plane + i * W + j;
-        const int64_t col0 = window_start(j, W, s.kernel_w, s.dilation_w);
-        scale_into<kDim>(scale, qp + query * D, q_scaled.data(), D);  // (scale * q) . k, as the reference
-        const T* bias_at = table ? table + bias_row0 * s.bias_cols() + bias_index(j, col0, s.kernel_w, s.dilation_w)
-                                 : nullptr;  // bias of slot (uh, uw): bias_at[uh * bias_cols + uw]
-        int64_t u = 0;
-        for (int64_t uh = 0; uh < s.kernel_h; ++uh) {
-          const int64_t key_row = (plane + (row0 + uh * s.dilation_h) * W + col0) * D;
-          for (int64_t uw = 0; uw < s.kernel_w; ++uw, ++u) {
-            key[u] = key_row + uw * s.dilation_w * D;
-            logits[u] = dot<kDim>(q_scaled.data(), kp + key[u], D) + (bias_at ? bias_at[uh * s.bias_cols() + uw] : T(0));
+  const int64_t D = kDim > 0 ? kDim : p.dim, W = p.width, H = p.height, stride = W + kLanes;
+  const std::vector<ColumnOrder> orders = column_orders(groups, W);
+  const std::vector<Sweep> sweeps = sweeps_of(groups, p);
+  int64_t kh_max = 0, vectors_max = 0;
+  for (const HeadShape& s : groups.heads) {
+    kh_max = std::max(kh_max, s.kernel_h);
+    vectors_max = std::max(vectors_max, s.kernel_h * lane_vectors(s.kernel_w));
+  }
+  at::parallel_for(0, static_cast<int64_t>(sweeps.size()), 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> ring_rows(kh_max * D * stride, T(0)), logits(vectors_max * kLanes), acc(D), q_scaled(D);
+    std::vector<T*> key_rows(kh_max);
+    std::vector<const T*> vectors(vectors_max);
+    for (int64_t task = begin; task < end; ++task) {
+      const Sweep& sweep = sweeps[task];
+      const HeadShape& s = groups.heads[sweep.plane % p.heads];
+      const ColumnOrder& order = orders[s.group];
+      const PaddedBias<T> table(bias.of(s), s, false);
+      const int64_t kh = s.kernel_h, kw = s.kernel_w, dh = s.dilation_h, per_row = lane_vectors(kw);
+      const int64_t plane = sweep.plane * p.plane();
+      RowRing<T> ring(kh, D * stride, ring_rows.data());
+      for (int64_t t = sweep.first; t < sweep.end; ++t) {
+        const int64_t i = sweep.group + t * dh, row0 = window_start(i, H, kh, dh), first = (row0 - sweep.group) / dh;
+        ring.fill(first, first + kh, [&](int64_t r, T* rows_t) {
+          transpose_row(kp + (plane + (sweep.group + r * dh) * W) * D, order, D, stride, rows_t);
+        });
+        for (int64_t uh = 0; uh < kh; ++uh) key_rows[uh] = ring.row(first + uh);
+        const int64_t bias_row0 = bias_index(i, row0, kh, dh);
+        for (int64_t c = 0; c < W; ++c) {
+          const int64_t j = order.column[c], query = plane + i * W + j, col0 = order.column[order.key_begin[c]];
+          scale_into<kDim>(scale, qp + query * D, q_scaled.data(), D);  // (scale * q) . k, as the reference
+          window_vectors(key_rows.data(), kh, order.key_begin[c], per_row, vectors.data());
+          lane_dots<kDim>(q_scaled.data(), vectors.data(), kh * per_row, stride, D, logits.data());
+          const int64_t bias_col = bias_index(j, col0, kw, s.dilation_w);
+          for (int64_t uh = 0; uh < kh && table.row(0); ++uh) {
+            T* logit = logits.data() + uh * per_row * kLanes;
+            const T* b = table.row(bias_row0 + uh) + bias_col;
+#pragma omp simd
+            for (int64_t u = 0; u < per_row * kLanes; ++u) logit[u] += b[u];
           }
+          const auto [max, sum] = softmax_weights(logits.data(), kh * per_row * kLanes, per_row * kLanes, kw);
+          std::fill(acc.begin(), acc.end(), T(0));
+          for (int64_t uh = 0; uh < kh; ++uh)
+            add_weighted_rows<kDim>(logits.data() + uh * per_row * kLanes, vp + (plane + (row0 + uh * dh) * W + col0) * D,
+                                    s.dilation_w * D, kw, acc.data(), D);
+          scale_into<kDim>(T(1) / sum, acc.data(), op + query * D, D);
+          lp[query] = max + std::log(sum);
         }
-        T max_logit = logits[0];
-        for (int64_t w = 1; w < n; ++w) max_logit = std::max(max_logit, logits[w]);
-        T sum = 0;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t w = 0; w < n; ++w) {
-          logits[w] = exp_nonpositive(logits[w] - max_logit);
-          sum += logits[w];
-        }
-        std::fill(acc.begin(), acc.end(), T(0));
-        for (int64_t w = 0; w < n; ++w) axpy<kDim>(logits[w], vp + key[w], acc.data(), D);
-        scale_into<kDim>(T(1) / sum, acc.data(), op + query * D, D);
-        lp[query] = max_logit + std::log(sum);
       }
     }
   });
 }
 
-// Softmax gradient terms of one (query, key) list: prob = exp(logit - lse), ds = prob * (dp - delta).
+// Softmax gradient terms of n lanes, `valid` of them real: prob = exp(logit - lse), ds = prob * (dp -
+// delta); both 0 on the other lanes (whatever they held).
 template <typename T>
-inline void softmax_grad_terms(int64_t n, T* logit_then_prob, const T* lse, T* dp_then_ds, const T* delta) {
+inline void softmax_grad_terms(int64_t n, int64_t valid, T* logit_then_prob, const T* lse, T* dp_then_ds,
+                               const T* delta) {
 #pragma omp simd
   for (int64_t w = 0; w < n; ++w) {
     const T prob = exp_nonpositive(logit_then_prob[w] - lse[w]);
-    logit_then_prob[w] = prob;
-    dp_then_ds[w] = prob * (dp_then_ds[w] - delta[w]);
+    logit_then_prob[w] = w < valid ? prob : T(0);
+    dp_then_ds[w] = w < valid ? prob * (dp_then_ds[w] - delta[w]) : T(0);
   }
 }
 
@@ -84,90 +308,148 @@ void fused_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const 
   const T *gp = dout.data_ptr<T>(), *qp = q.data_ptr<T>(), *kp = k.data_ptr<T>(), *vp = v.data_ptr<T>();
   const T *op = out.data_ptr<T>(), *lp = lse.data_ptr<T>();
   T *dqp = dq.data_ptr<T>(), *dkp = dk.data_ptr<T>(), *dvp = dv.data_ptr<T>();
-  const int64_t D = kDim > 0 ? kDim : p.dim, W = p.width, H = p.height;
-  const int64_t bias_stride = groups.max_bias_area(), area = groups.max_kernel_area();
+  const int64_t D = kDim > 0 ? kDim : p.dim, W = p.width, H = p.height, stride = W + kLanes;
+  const int64_t bias_stride = groups.max_bias_area();
   Tensor delta_tensor = at::empty({p.rows() * W}, q.options());  // rowsum(dout * out) per query
   T* delta = delta_tensor.data_ptr<T>();
+  const std::vector<ColumnOrder> orders = column_orders(groups, W);
+  const std::vector<Sweep> sweeps = sweeps_of(groups, p);
+  int64_t kh_max = 0, query_vectors = 0, key_vectors = 0, padded_bias = 0;
+  for (const HeadShape& s : groups.heads) {
+    kh_max = std::max(kh_max, s.kernel_h);
+    query_vectors = std::max(query_vectors, s.kernel_h * lane_vectors(s.kernel_w));
+    key_vectors = std::max(key_vectors, (2 * s.kernel_h - 1) * lane_vectors(s.bias_cols()));
+    padded_bias = std::max(padded_bias, (2 * s.kernel_h - 1) * PaddedBias<T>(nullptr, s, false).stride);
+  }
 
-  // Query pass: dQ over the neighborhood, and the bias gradient per row.
-  at::parallel_for(0, p.rows(), 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> prob(area), ds(area), lse_rep(area), delta_rep(area), q_scaled(D);
-    std::vector<int64_t> key(area), bias_at(area);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t bh = row / H, i = row % H;
-      const HeadShape& s = groups.heads[bh % p.heads];
-      const T* table = bias.of(s);
-      T* partial = table ? bias_partial + row * bias_stride : nullptr;
-      const int64_t plane = bh * p.plane(), n = s.kernel_area();
-      const int64_t row0 = window_start(i, H, s.kernel_h, s.dilation_h);
-      const int64_t bias_row0 = bias_index(i, row0, s.kernel_h, s.dilation_h);
-      for (int64_t j = 0; j < W; ++j) {
-        const int64_t query = plane + i * W + j;
-        const int64_t col0 = window_start(j, W, s.kernel_w, s.dilation_w);
-        const int64_t bias0 = bias_row0 * s.bias_cols() + bias_index(j, col0, s.kernel_w, s.dilation_w);
-        const T* gv = gp + query * D;
-        scale_into<kDim>(scale, qp + query * D, q_scaled.data(), D);
-        const T dlt = dot<kDim>(gv, op + query * D, D);
-        delta[query] = dlt;
-        int64_t u = 0;
-        for (int64_t uh = 0; uh < s.kernel_h; ++uh) {
-          const int64_t key_row = (plane + (row0 + uh * s.dilation_h) * W + col0) * D;
-          for (int64_t uw = 0; uw < s.kernel_w; ++uw, ++u) {
-            key[u] = key_row + uw * s.dilation_w * D;
-            bias_at[u] = bias0 + uh * s.bias_cols() + uw;
-            prob[u] = dot<kDim>(q_scaled.data(), kp + key[u], D) + (table ? table[bias_at[u]] : T(0));
-            ds[u] = dot<kDim>(gv, vp + key[u], D);
-            lse_rep[u] = lp[query];
-            delta_rep[u] = dlt;
-          }
+  // Query pass: delta, then dQ over the neighborhood and the bias gradient per row. The ring holds the
+  // window's key rows transposed, then its value rows.
+  at::parallel_for(0, static_cast<int64_t>(sweeps.size()), 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> ring_rows(kh_max * 2 * D * stride, T(0)), prob(query_vectors * kLanes), ds(query_vectors * kLanes);
+    std::vector<T> lse_rep(query_vectors * kLanes), delta_rep(query_vectors * kLanes), acc(D), q_scaled(D);
+    std::vector<T> bias_grad(padded_bias);
+    std::vector<T*> key_rows(kh_max), value_rows(kh_max);
+    std::vector<const T*> vectors(query_vectors);
+    for (int64_t task = begin; task < end; ++task) {
+      const Sweep& sweep = sweeps[task];
+      const HeadShape& s = groups.heads[sweep.plane % p.heads];
+      const ColumnOrder& order = orders[s.group];
+      const PaddedBias<T> table(bias.of(s), s, false);
+      const int64_t kh = s.kernel_h, kw = s.kernel_w, dh = s.dilation_h, per_row = lane_vectors(kw);
+      const int64_t plane = sweep.plane * p.plane(), n = kh * per_row * kLanes;
+      RowRing<T> ring(kh, 2 * D * stride, ring_rows.data());
+      for (int64_t t = sweep.first; t < sweep.end; ++t) {
+        const int64_t i = sweep.group + t * dh, row0 = window_start(i, H, kh, dh), first = (row0 - sweep.group) / dh;
+        ring.fill(first, first + kh, [&](int64_t r, T* rows_t) {
+          const int64_t row = plane + (sweep.group + r * dh) * W;
+          transpose_row(kp + row * D, order, D, stride, rows_t);
+          transpose_row(vp + row * D, order, D, stride, rows_t + D * stride);
+        });
+        for (int64_t uh = 0; uh < kh; ++uh) {
+          key_rows[uh] = ring.row(first + uh);
+          value_rows[uh] = key_rows[uh] + D * stride;
         }
-        softmax_grad_terms(n, prob.data(), lse_rep.data(), ds.data(), delta_rep.data());
-        T* dqv = dqp + query * D;
-        for (int64_t w = 0; w < n; ++w) axpy<kDim>(ds[w] * scale, kp + key[w], dqv, D);
-        if (partial)
-          for (int64_t w = 0; w < n; ++w) partial[bias_at[w]] += ds[w];
+        for (int64_t query = plane + i * W; query < plane + (i + 1) * W; ++query)
+          delta[query] = dot<kDim>(gp + query * D, op + query * D, D);
+        std::fill(bias_grad.begin(), bias_grad.end(), T(0));
+        const int64_t bias_row0 = bias_index(i, row0, kh, dh);
+        for (int64_t c = 0; c < W; ++c) {
+          const int64_t j = order.column[c], query = plane + i * W + j, col0 = order.column[order.key_begin[c]];
+          scale_into<kDim>(scale, qp + query * D, q_scaled.data(), D);
+          window_vectors(key_rows.data(), kh, order.key_begin[c], per_row, vectors.data());
+          lane_dots<kDim>(q_scaled.data(), vectors.data(), kh * per_row, stride, D, prob.data());
+          window_vectors(value_rows.data(), kh, order.key_begin[c], per_row, vectors.data());
+          lane_dots<kDim>(gp + query * D, vectors.data(), kh * per_row, stride, D, ds.data());
+          const int64_t bias_col = bias_index(j, col0, kw, s.dilation_w);
+          for (int64_t uh = 0; uh < kh && table.row(0); ++uh) {
+            T* logit = prob.data() + uh * per_row * kLanes;
+            const T* b = table.row(bias_row0 + uh) + bias_col;
+#pragma omp simd
+            for (int64_t u = 0; u < per_row * kLanes; ++u) logit[u] += b[u];
+          }
+          std::fill(lse_rep.begin(), lse_rep.begin() + n, lp[query]);
+          std::fill(delta_rep.begin(), delta_rep.begin() + n, delta[query]);
+          std::fill(acc.begin(), acc.end(), T(0));
+          for (int64_t uh = 0; uh < kh; ++uh) {
+            const int64_t u = uh * per_row * kLanes;
+            softmax_grad_terms(per_row * kLanes, kw, prob.data() + u, lse_rep.data(), ds.data() + u, delta_rep.data());
+            add_weighted_rows<kDim>(ds.data() + u, kp + (plane + (row0 + uh * dh) * W + col0) * D, s.dilation_w * D, kw,
+                                    acc.data(), D);
+            if (!table.row(0)) continue;
+            T* grad = bias_grad.data() + (bias_row0 + uh) * table.stride + bias_col;
+#pragma omp simd
+            for (int64_t w = 0; w < per_row * kLanes; ++w) grad[w] += ds[u + w];
+          }
+          scale_into<kDim>(scale, acc.data(), dqp + query * D, D);
+        }
+        T* partial = table.row(0) ? bias_partial + (sweep.plane * H + i) * bias_stride : nullptr;
+        for (int64_t r = 0; partial && r < 2 * kh - 1; ++r)
+          std::copy_n(bias_grad.data() + r * table.stride, s.bias_cols(), partial + r * s.bias_cols());
       }
     }
   });
 
-  // Key pass: dK and dV over the inverse neighborhood of each key. It has fewer than 2k queries
-  // per axis (k + k/2 at most, next to a border), so (2kh-1)(2kw-1) bounds its size.
-  at::parallel_for(0, p.rows(), 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> prob(bias_stride), ds(bias_stride), lse_of(bias_stride), delta_of(bias_stride), k_scaled(D);
-    std::vector<int64_t> query_at(bias_stride);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t bh = row / H, a = row % H;
-      const HeadShape& s = groups.heads[bh % p.heads];
-      const T* table = bias.of(s);
-      const int64_t plane = bh * p.plane();
-      int64_t i0, i1;
-      inverse_window(a, H, s.kernel_h, s.dilation_h, &i0, &i1);
-      for (int64_t c = 0; c < W; ++c) {
-        const int64_t key = plane + a * W + c;
-        const T* vv = vp + key * D;
-        scale_into<kDim>(scale, kp + key * D, k_scaled.data(), D);  // q . (scale * k): the same products
-        int64_t j0, j1;
-        inverse_window(c, W, s.kernel_w, s.dilation_w, &j0, &j1);
-        // Bias of query (i0 + m * dh, j0 + l * dw) for this key: bias0 - m * bias_cols - l.
-        const int64_t bias0 = bias_index(i0, a, s.kernel_h, s.dilation_h) * s.bias_cols() +
-                              bias_index(j0, c, s.kernel_w, s.dilation_w);
-        int64_t n = 0;
-        for (int64_t i = i0, m = 0; i < i1; i += s.dilation_h, ++m) {
-          for (int64_t j = j0, l = 0; j < j1; j += s.dilation_w, ++l, ++n) {
-            const int64_t query = plane + i * W + j;
-            query_at[n] = query * D;
-            prob[n] = dot<kDim>(qp + query * D, k_scaled.data(), D) +
-                      (table ? table[bias0 - m * s.bias_cols() - l] : T(0));
-            ds[n] = dot<kDim>(gp + query * D, vv, D);
-            lse_of[n] = lp[query];
-            delta_of[n] = delta[query];
-          }
+  // Key pass: dK and dV over the inverse neighborhood of each key, p and ds recomputed from lse and
+  // delta. The ring holds the query rows of the inverse neighbourhoods (fewer than 2kh), each as q and
+  // dout transposed, then lse and delta in reordered columns.
+  const int64_t query_row = 2 * D * stride + 2 * stride;
+  at::parallel_for(0, static_cast<int64_t>(sweeps.size()), 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> ring_rows((2 * kh_max - 1) * query_row, T(0)), prob(key_vectors * kLanes), ds(key_vectors * kLanes);
+    std::vector<T> dk_acc(D), dv_acc(D), k_scaled(D);
+    std::vector<T*> q_rows(2 * kh_max - 1), dout_rows(2 * kh_max - 1);
+    std::vector<const T*> vectors(key_vectors);
+    for (int64_t task = begin; task < end; ++task) {
+      const Sweep& sweep = sweeps[task];
+      const HeadShape& s = groups.heads[sweep.plane % p.heads];
+      const ColumnOrder& order = orders[s.group];
+      const PaddedBias<T> table(bias.of(s), s, true);
+      const int64_t kh = s.kernel_h, kw = s.kernel_w, dh = s.dilation_h, dw = s.dilation_w;
+      const int64_t plane = sweep.plane * p.plane();
+      RowRing<T> ring(2 * kh - 1, query_row, ring_rows.data());
+      for (int64_t t = sweep.first; t < sweep.end; ++t) {
+        const int64_t a = sweep.group + t * dh;
+        int64_t i0, i1;
+        inverse_window(a, H, kh, dh, &i0, &i1);
+        const int64_t first = (i0 - sweep.group) / dh, rows = (i1 - i0 + dh - 1) / dh;
+        ring.fill(first, first + rows, [&](int64_t r, T* row_t) {
+          const int64_t row = plane + (sweep.group + r * dh) * W;
+          transpose_row(qp + row * D, order, D, stride, row_t);
+          transpose_row(gp + row * D, order, D, stride, row_t + D * stride);
+          reorder_row(lp + row, order, row_t + 2 * D * stride);
+          reorder_row(delta + row, order, row_t + 2 * D * stride + stride);
+        });
+        for (int64_t r = 0; r < rows; ++r) {
+          q_rows[r] = ring.row(first + r);
+          dout_rows[r] = q_rows[r] + D * stride;
         }
-        softmax_grad_terms(n, prob.data(), lse_of.data(), ds.data(), delta_of.data());
-        T *dkv = dkp + key * D, *dvv = dvp + key * D;
-        for (int64_t w = 0; w < n; ++w) {
-          axpy<kDim>(ds[w] * scale, qp + query_at[w], dkv, D);
-          axpy<kDim>(prob[w], gp + query_at[w], dvv, D);
+        for (int64_t c = 0; c < W; ++c) {
+          const int64_t j = order.column[c], key = plane + a * W + j, qb = order.query_begin[c];
+          const int64_t count = order.query_count[c], per_row = lane_vectors(count), j0 = order.column[qb];
+          scale_into<kDim>(scale, kp + key * D, k_scaled.data(), D);  // q . (scale * k): the same products
+          window_vectors(q_rows.data(), rows, qb, per_row, vectors.data());
+          lane_dots<kDim>(k_scaled.data(), vectors.data(), rows * per_row, stride, D, prob.data());
+          window_vectors(dout_rows.data(), rows, qb, per_row, vectors.data());
+          lane_dots<kDim>(vp + key * D, vectors.data(), rows * per_row, stride, D, ds.data());
+          // Bias of the m-th query of a row for this key: entry bias_index(j0, j) - m of its row, which
+          // the reversed table holds at bias_cols - 1 - bias_index(j0, j) + m.
+          const int64_t bias_col = s.bias_cols() - 1 - bias_index(j0, j, kw, dw);
+          std::fill(dk_acc.begin(), dk_acc.end(), T(0));
+          std::fill(dv_acc.begin(), dv_acc.end(), T(0));
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t i = i0 + r * dh, u = r * per_row * kLanes;
+            const T* lse_row = q_rows[r] + 2 * D * stride + qb;
+            if (table.row(0)) {
+              const T* b = table.row(bias_index(i, a, kh, dh)) + bias_col;
+#pragma omp simd
+              for (int64_t w = 0; w < per_row * kLanes; ++w) prob[u + w] += b[w];
+            }
+            softmax_grad_terms(per_row * kLanes, count, prob.data() + u, lse_row, ds.data() + u, lse_row + stride);
+            const int64_t first_query = (plane + i * W + j0) * D;
+            add_weighted_rows<kDim>(ds.data() + u, qp + first_query, dw * D, count, dk_acc.data(), D);
+            add_weighted_rows<kDim>(prob.data() + u, gp + first_query, dw * D, count, dv_acc.data(), D);
+          }
+          scale_into<kDim>(scale, dk_acc.data(), dkp + key * D, D);
+          std::copy(dv_acc.begin(), dv_acc.end(), dvp + key * D);
         }
       }
     }
