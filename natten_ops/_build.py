@@ -60,7 +60,7 @@ class Extension:
 
 
 _CPU_SOURCES = ("cpu/entry_points.cpp", "cpu/bindings.cpp")
-_CPU_CFLAGS = ("-O3", "-march=native", "-fopenmp")
+_CPU_CFLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-trapping-math")
 
 # The CPU kernels: the AVX-512 tiled kernels where the processor has AVX-512, else the portable ones.
 CPU_EXTENSION = Extension(name="natten_ops_cpu", sources=_CPU_SOURCES, cflags=_CPU_CFLAGS)

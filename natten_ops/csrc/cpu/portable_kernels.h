@@ -71,27 +71,49 @@ inline void lane_dots(const T* x, const T* const* rows, int64_t count, int64_t s
     });
 }
 
-// acc[d] += sum_{m < n} weight[m] * x[m * step + d] for d < dim: a weighted sum of n rows of a tensor
-// as stored, vectorised over d, in two interleaved partial sums (twice the independent FMA chains).
+// The compiler's generic vector of kLanes values (GCC / Clang vector extensions, lowered to whatever the
+// target has: one AVX2 register of floats, two NEON ones, ...): accumulators declared as these stay in
+// registers where arrays of scalars would not.
+template <typename T>
+struct LaneVector {
+  typedef T type __attribute__((vector_size(kLanes * sizeof(T))));
+};
+template <typename T>
+using Lanes = typename LaneVector<T>::type;
+
+// out[d] = scale * sum_{r < runs} sum_{m < n} weight[r * weight_stride + m] * x[r][m * step + d] for
+// d < dim: a weighted sum of runs of rows of a tensor as stored (the kw value rows of each window row,
+// say), vectorised over d, in two interleaved partial sums (twice the independent FMA chains).
 template <int kDim, typename T>
-inline void add_weighted_rows(const T* weight, const T* x, int64_t step, int64_t n, T* __restrict acc, int64_t dim) {
-  if constexpr (kDim > 0) {
-    T even[kDim], odd[kDim] = {};
-    std::copy(acc, acc + kDim, even);
-    int64_t m = 0;
-    for (; m + 1 < n; m += 2) {
-      const T *x0 = x + m * step, *x1 = x0 + step;
-#pragma omp simd
-      for (int64_t d = 0; d < kDim; ++d) {
-        even[d] += weight[m] * x0[d];
-        odd[d] += weight[m + 1] * x1[d];
-      }
+inline void weighted_rows(const T* weight, int64_t weight_stride, const T* const* x, int64_t runs, int64_t step,
+                          int64_t n, T scale, T* __restrict out, int64_t dim) {
+  if constexpr (kDim > 0 && kDim % kLanes == 0) {
+    constexpr int64_t kVectors = kDim / kLanes;
+    Lanes<T> even[kVectors], odd[kVectors], row;
+    for (int64_t b = 0; b < kVectors; ++b) even[b] = odd[b] = Lanes<T>{};
+    for (int64_t r = 0; r < runs; ++r) {
+      const T* w = weight + r * weight_stride;
+      int64_t m = 0;
+      for (; m + 1 < n; m += 2)
+        for (int64_t b = 0; b < kVectors; ++b) {
+          std::memcpy(&row, x[r] + m * step + b * kLanes, sizeof row);
+          even[b] += w[m] * row;
+          std::memcpy(&row, x[r] + (m + 1) * step + b * kLanes, sizeof row);
+          odd[b] += w[m + 1] * row;
+        }
+      for (; m < n; ++m)
+        for (int64_t b = 0; b < kVectors; ++b) {
+          std::memcpy(&row, x[r] + m * step + b * kLanes, sizeof row);
+          even[b] += w[m] * row;
+        }
     }
-    if (m < n) axpy<kDim>(weight[m], x + m * step, even, kDim);
-#pragma omp simd
-    for (int64_t d = 0; d < kDim; ++d) acc[d] = even[d] + odd[d];
+    for (int64_t b = 0; b < kVectors; ++b) even[b] = scale * (even[b] + odd[b]);
+    std::memcpy(out, even, sizeof even);
   } else {
-    for (int64_t m = 0; m < n; ++m) axpy<0>(weight[m], x + m * step, acc, dim);
+    std::fill(out, out + dim, T(0));
+    for (int64_t r = 0; r < runs; ++r)
+      for (int64_t m = 0; m < n; ++m) axpy<0>(weight[r * weight_stride + m], x[r] + m * step, out, dim);
+    for (int64_t d = 0; d < dim; ++d) out[d] *= scale;
   }
 }
 
@@ -199,22 +221,33 @@ inline std::vector<Sweep> sweeps_of(const Groups& groups, const Problem& p) {
   return sweeps;
 }
 
-// Softmax weights of one query's logits [kh][vectors * kLanes] (slots uw >= kw are padding): every
-// logit becomes exp(logit - max), padding 0; returns (max, sum of the weights).
+// Softmax weights of one query's logits [rows][row_size] (row_size a multiple of kLanes; slots w >= kw
+// of a row are padding): every logit becomes exp(logit - max), padding 0; returns (max, sum of the
+// weights). The reductions run lane-wise (kLanes partial results), which the compiler vectorises.
 template <typename T>
-inline std::pair<T, T> softmax_weights(T* logits, int64_t count, int64_t row_size, int64_t kw) {
-  T max = -std::numeric_limits<T>::infinity();
-#pragma omp simd reduction(max : max)
-  for (int64_t u = 0; u < count; ++u) {
-    logits[u] = u % row_size < kw ? logits[u] : -std::numeric_limits<T>::infinity();
-    max = std::max(max, logits[u]);
+inline std::pair<T, T> softmax_weights(T* logits, int64_t rows, int64_t row_size, int64_t kw) {
+  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+  T lane_max[kLanes];
+  std::fill(lane_max, lane_max + kLanes, kNegInf);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t w0 = 0; w0 < row_size; w0 += kLanes) {
+      T* logit = logits + r * row_size + w0;
+#pragma omp simd
+      for (int64_t l = 0; l < kLanes; ++l) {
+        logit[l] = w0 + l < kw ? logit[l] : kNegInf;
+        lane_max[l] = std::max(lane_max[l], logit[l]);
+      }
+    }
+  const T max = *std::max_element(lane_max, lane_max + kLanes);
+#pragma omp simd
+  for (int64_t u = 0; u < rows * row_size; ++u) logits[u] = exp_nonpositive(logits[u] - max);
+  Lanes<T> lane_sum{}, weights;
+  for (int64_t u0 = 0; u0 < rows * row_size; u0 += kLanes) {
+    std::memcpy(&weights, logits + u0, sizeof weights);
+    lane_sum += weights;
   }
   T sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t u = 0; u < count; ++u) {
-    logits[u] = exp_nonpositive(logits[u] - max);
-    sum += logits[u];
-  }
+  for (int64_t l = 0; l < kLanes; ++l) sum += lane_sum[l];
   return {max, sum};
 }
 
@@ -245,8 +278,9 @@ void fused_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& ou
     vectors_max = std::max(vectors_max, s.kernel_h * lane_vectors(s.kernel_w));
   }
   at::parallel_for(0, static_cast<int64_t>(sweeps.size()), 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> ring_rows(kh_max * D * stride, T(0)), logits(vectors_max * kLanes), acc(D), q_scaled(D);
+    std::vector<T> ring_rows(kh_max * D * stride, T(0)), logits(vectors_max * kLanes), q_scaled(D);
     std::vector<T*> key_rows(kh_max);
+    std::vector<const T*> value_rows(kh_max);
     std::vector<const T*> vectors(vectors_max);
     for (int64_t task = begin; task < end; ++task) {
       const Sweep& sweep = sweeps[task];
@@ -269,18 +303,12 @@ void fused_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& ou
           window_vectors(key_rows.data(), kh, order.key_begin[c], per_row, vectors.data());
           lane_dots<kDim>(q_scaled.data(), vectors.data(), kh * per_row, stride, D, logits.data());
           const int64_t bias_col = bias_index(j, col0, kw, s.dilation_w);
-          for (int64_t uh = 0; uh < kh && table.row(0); ++uh) {
-            T* logit = logits.data() + uh * per_row * kLanes;
-            const T* b = table.row(bias_row0 + uh) + bias_col;
-#pragma omp simd
-            for (int64_t u = 0; u < per_row * kLanes; ++u) logit[u] += b[u];
-          }
-          const auto [max, sum] = softmax_weights(logits.data(), kh * per_row * kLanes, per_row * kLanes, kw);
-          std::fill(acc.begin(), acc.end(), T(0));
-          for (int64_t uh = 0; uh < kh; ++uh)
-            add_weighted_rows<kDim>(logits.data() + uh * per_row * kLanes, vp + (plane + (row0 + uh * dh) * W + col0) * D,
-                                    s.dilation_w * D, kw, acc.data(), D);
-          scale_into<kDim>(T(1) / sum, acc.data(), op + query * D, D);
+          for (int64_t uh = 0; uh < kh && table.row(0); ++uh)
+            axpy<0>(T(1), table.row(bias_row0 + uh) + bias_col, logits.data() + uh * per_row * kLanes, per_row * kLanes);
+          const auto [max, sum] = softmax_weights(logits.data(), kh, per_row * kLanes, kw);
+          for (int64_t uh = 0; uh < kh; ++uh) value_rows[uh] = vp + (plane + (row0 + uh * dh) * W + col0) * D;
+          weighted_rows<kDim>(logits.data(), per_row * kLanes, value_rows.data(), kh, s.dilation_w * D, kw, T(1) / sum,
+                              op + query * D, D);
           lp[query] = max + std::log(sum);
         }
       }
@@ -288,16 +316,16 @@ void fused_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& ou
   });
 }
 
-// Softmax gradient terms of n lanes, `valid` of them real: prob = exp(logit - lse), ds = prob * (dp -
-// delta); both 0 on the other lanes (whatever they held).
-template <typename T>
-inline void softmax_grad_terms(int64_t n, int64_t valid, T* logit_then_prob, const T* lse, T* dp_then_ds,
-                               const T* delta) {
+// Softmax gradient terms of n lanes, `valid` of them real: prob = exp(logit - lse(w)), ds = prob *
+// (dp - delta(w)); both 0 on the other lanes (whatever they held).
+template <typename T, typename Lse, typename Delta>
+inline void softmax_grad_terms(int64_t n, int64_t valid, T* logit_then_prob, const Lse& lse, T* dp_then_ds,
+                               const Delta& delta) {
 #pragma omp simd
   for (int64_t w = 0; w < n; ++w) {
-    const T prob = exp_nonpositive(logit_then_prob[w] - lse[w]);
+    const T prob = exp_nonpositive(logit_then_prob[w] - lse(w));
     logit_then_prob[w] = w < valid ? prob : T(0);
-    dp_then_ds[w] = w < valid ? prob * (dp_then_ds[w] - delta[w]) : T(0);
+    dp_then_ds[w] = w < valid ? prob * (dp_then_ds[w] - delta(w)) : T(0);
   }
 }
 
@@ -326,9 +354,9 @@ void fused_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const 
   // window's key rows transposed, then its value rows.
   at::parallel_for(0, static_cast<int64_t>(sweeps.size()), 1, [&](int64_t begin, int64_t end) {
     std::vector<T> ring_rows(kh_max * 2 * D * stride, T(0)), prob(query_vectors * kLanes), ds(query_vectors * kLanes);
-    std::vector<T> lse_rep(query_vectors * kLanes), delta_rep(query_vectors * kLanes), acc(D), q_scaled(D);
-    std::vector<T> bias_grad(padded_bias);
-    std::vector<T*> key_rows(kh_max), value_rows(kh_max);
+    std::vector<T> q_scaled(D), bias_grad(padded_bias);
+    std::vector<T*> key_rows(kh_max), value_rows(kh_max);  // transposed, in the ring
+    std::vector<const T*> key_rows_in(kh_max);              // as stored in k
     std::vector<const T*> vectors(query_vectors);
     for (int64_t task = begin; task < end; ++task) {
       const Sweep& sweep = sweeps[task];
@@ -336,7 +364,7 @@ void fused_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const 
       const ColumnOrder& order = orders[s.group];
       const PaddedBias<T> table(bias.of(s), s, false);
       const int64_t kh = s.kernel_h, kw = s.kernel_w, dh = s.dilation_h, per_row = lane_vectors(kw);
-      const int64_t plane = sweep.plane * p.plane(), n = kh * per_row * kLanes;
+      const int64_t plane = sweep.plane * p.plane();
       RowRing<T> ring(kh, 2 * D * stride, ring_rows.data());
       for (int64_t t = sweep.first; t < sweep.end; ++t) {
         const int64_t i = sweep.group + t * dh, row0 = window_start(i, H, kh, dh), first = (row0 - sweep.group) / dh;
@@ -361,26 +389,18 @@ void fused_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const 
           window_vectors(value_rows.data(), kh, order.key_begin[c], per_row, vectors.data());
           lane_dots<kDim>(gp + query * D, vectors.data(), kh * per_row, stride, D, ds.data());
           const int64_t bias_col = bias_index(j, col0, kw, s.dilation_w);
-          for (int64_t uh = 0; uh < kh && table.row(0); ++uh) {
-            T* logit = prob.data() + uh * per_row * kLanes;
-            const T* b = table.row(bias_row0 + uh) + bias_col;
-#pragma omp simd
-            for (int64_t u = 0; u < per_row * kLanes; ++u) logit[u] += b[u];
-          }
-          std::fill(lse_rep.begin(), lse_rep.begin() + n, lp[query]);
-          std::fill(delta_rep.begin(), delta_rep.begin() + n, delta[query]);
-          std::fill(acc.begin(), acc.end(), T(0));
+          const T lse_q = lp[query], delta_q = delta[query];
           for (int64_t uh = 0; uh < kh; ++uh) {
             const int64_t u = uh * per_row * kLanes;
-            softmax_grad_terms(per_row * kLanes, kw, prob.data() + u, lse_rep.data(), ds.data() + u, delta_rep.data());
-            add_weighted_rows<kDim>(ds.data() + u, kp + (plane + (row0 + uh * dh) * W + col0) * D, s.dilation_w * D, kw,
-                                    acc.data(), D);
-            if (!table.row(0)) continue;
-            T* grad = bias_grad.data() + (bias_row0 + uh) * table.stride + bias_col;
-#pragma omp simd
-            for (int64_t w = 0; w < per_row * kLanes; ++w) grad[w] += ds[u + w];
+            if (table.row(0)) axpy<0>(T(1), table.row(bias_row0 + uh) + bias_col, prob.data() + u, per_row * kLanes);
+            softmax_grad_terms(per_row * kLanes, kw, prob.data() + u, [&](int64_t) { return lse_q; }, ds.data() + u,
+                               [&](int64_t) { return delta_q; });
+            if (table.row(0))
+              axpy<0>(T(1), ds.data() + u, bias_grad.data() + (bias_row0 + uh) * table.stride + bias_col, per_row * kLanes);
+            key_rows_in[uh] = kp + (plane + (row0 + uh * dh) * W + col0) * D;
           }
-          scale_into<kDim>(scale, acc.data(), dqp + query * D, D);
+          weighted_rows<kDim>(ds.data(), per_row * kLanes, key_rows_in.data(), kh, s.dilation_w * D, kw, scale,
+                              dqp + query * D, D);
         }
         T* partial = table.row(0) ? bias_partial + (sweep.plane * H + i) * bias_stride : nullptr;
         for (int64_t r = 0; partial && r < 2 * kh - 1; ++r)
@@ -395,8 +415,9 @@ void fused_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const 
   const int64_t query_row = 2 * D * stride + 2 * stride;
   at::parallel_for(0, static_cast<int64_t>(sweeps.size()), 1, [&](int64_t begin, int64_t end) {
     std::vector<T> ring_rows((2 * kh_max - 1) * query_row, T(0)), prob(key_vectors * kLanes), ds(key_vectors * kLanes);
-    std::vector<T> dk_acc(D), dv_acc(D), k_scaled(D);
-    std::vector<T*> q_rows(2 * kh_max - 1), dout_rows(2 * kh_max - 1);
+    std::vector<T> k_scaled(D);
+    std::vector<T*> q_rows(2 * kh_max - 1), dout_rows(2 * kh_max - 1);  // transposed, in the ring
+    std::vector<const T*> q_rows_in(2 * kh_max - 1), dout_rows_in(2 * kh_max - 1);  // as stored in q, dout
     std::vector<const T*> vectors(key_vectors);
     for (int64_t task = begin; task < end; ++task) {
       const Sweep& sweep = sweeps[task];
@@ -433,23 +454,18 @@ void fused_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const 
           // Bias of the m-th query of a row for this key: entry bias_index(j0, j) - m of its row, which
           // the reversed table holds at bias_cols - 1 - bias_index(j0, j) + m.
           const int64_t bias_col = s.bias_cols() - 1 - bias_index(j0, j, kw, dw);
-          std::fill(dk_acc.begin(), dk_acc.end(), T(0));
-          std::fill(dv_acc.begin(), dv_acc.end(), T(0));
           for (int64_t r = 0; r < rows; ++r) {
             const int64_t i = i0 + r * dh, u = r * per_row * kLanes;
-            const T* lse_row = q_rows[r] + 2 * D * stride + qb;
-            if (table.row(0)) {
-              const T* b = table.row(bias_index(i, a, kh, dh)) + bias_col;
-#pragma omp simd
-              for (int64_t w = 0; w < per_row * kLanes; ++w) prob[u + w] += b[w];
-            }
-            softmax_grad_terms(per_row * kLanes, count, prob.data() + u, lse_row, ds.data() + u, lse_row + stride);
-            const int64_t first_query = (plane + i * W + j0) * D;
-            add_weighted_rows<kDim>(ds.data() + u, qp + first_query, dw * D, count, dk_acc.data(), D);
-            add_weighted_rows<kDim>(prob.data() + u, gp + first_query, dw * D, count, dv_acc.data(), D);
+            const T *lse_row = q_rows[r] + 2 * D * stride + qb, *delta_row = lse_row + stride;
+            if (table.row(0)) axpy<0>(T(1), table.row(bias_index(i, a, kh, dh)) + bias_col, prob.data() + u, per_row * kLanes);
+            softmax_grad_terms(per_row * kLanes, count, prob.data() + u, [&](int64_t w) { return lse_row[w]; },
+                               ds.data() + u, [&](int64_t w) { return delta_row[w]; });
+            q_rows_in[r] = qp + (plane + i * W + j0) * D;
+            dout_rows_in[r] = gp + (plane + i * W + j0) * D;
           }
-          scale_into<kDim>(scale, dk_acc.data(), dkp + key * D, D);
-          std::copy(dv_acc.begin(), dv_acc.end(), dvp + key * D);
+          weighted_rows<kDim>(ds.data(), per_row * kLanes, q_rows_in.data(), rows, dw * D, count, scale, dkp + key * D, D);
+          weighted_rows<kDim>(prob.data(), per_row * kLanes, dout_rows_in.data(), rows, dw * D, count, T(1),
+                              dvp + key * D, D);
         }
       }
     }
