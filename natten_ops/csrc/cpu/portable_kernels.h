@@ -316,17 +316,22 @@ void fused_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& ou
   });
 }
 
-// Softmax gradient terms of n lanes, `valid` of them real: prob = exp(logit - lse(w)), ds = prob *
-// (dp - delta(w)); both 0 on the other lanes (whatever they held).
+// Softmax gradient terms of lanes [rows][row_size] (row_size a multiple of kLanes), the first `valid`
+// of each row real: prob = exp(logit - lse(r, w)), ds = prob * (dp - delta(r, w)); both 0 on the
+// other lanes (whatever they held). The inner loops are one vector each.
 template <typename T, typename Lse, typename Delta>
-inline void softmax_grad_terms(int64_t n, int64_t valid, T* logit_then_prob, const Lse& lse, T* dp_then_ds,
-                               const Delta& delta) {
+inline void softmax_grad_terms(int64_t rows, int64_t row_size, int64_t valid, T* logit_then_prob, T* dp_then_ds,
+                               const Lse& lse, const Delta& delta) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t w0 = 0; w0 < row_size; w0 += kLanes) {
+      T *logit = logit_then_prob + r * row_size + w0, *dp = dp_then_ds + r * row_size + w0;
 #pragma omp simd
-  for (int64_t w = 0; w < n; ++w) {
-    const T prob = exp_nonpositive(logit_then_prob[w] - lse(w));
-    logit_then_prob[w] = w < valid ? prob : T(0);
-    dp_then_ds[w] = w < valid ? prob * (dp_then_ds[w] - delta(w)) : T(0);
-  }
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const T prob = exp_nonpositive(logit[l] - lse(r, w0 + l));
+        logit[l] = w0 + l < valid ? prob : T(0);
+        dp[l] = w0 + l < valid ? prob * (dp[l] - delta(r, w0 + l)) : T(0);
+      }
+    }
 }
 
 template <typename T, int kDim>
@@ -390,13 +395,14 @@ void fused_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const 
           lane_dots<kDim>(gp + query * D, vectors.data(), kh * per_row, stride, D, ds.data());
           const int64_t bias_col = bias_index(j, col0, kw, s.dilation_w);
           const T lse_q = lp[query], delta_q = delta[query];
+          for (int64_t uh = 0; uh < kh && table.row(0); ++uh)
+            axpy<0>(T(1), table.row(bias_row0 + uh) + bias_col, prob.data() + uh * per_row * kLanes, per_row * kLanes);
+          softmax_grad_terms(kh, per_row * kLanes, kw, prob.data(), ds.data(), [&](int64_t, int64_t) { return lse_q; },
+                             [&](int64_t, int64_t) { return delta_q; });
           for (int64_t uh = 0; uh < kh; ++uh) {
-            const int64_t u = uh * per_row * kLanes;
-            if (table.row(0)) axpy<0>(T(1), table.row(bias_row0 + uh) + bias_col, prob.data() + u, per_row * kLanes);
-            softmax_grad_terms(per_row * kLanes, kw, prob.data() + u, [&](int64_t) { return lse_q; }, ds.data() + u,
-                               [&](int64_t) { return delta_q; });
             if (table.row(0))
-              axpy<0>(T(1), ds.data() + u, bias_grad.data() + (bias_row0 + uh) * table.stride + bias_col, per_row * kLanes);
+              axpy<0>(T(1), ds.data() + uh * per_row * kLanes, bias_grad.data() + (bias_row0 + uh) * table.stride + bias_col,
+                      per_row * kLanes);
             key_rows_in[uh] = kp + (plane + (row0 + uh * dh) * W + col0) * D;
           }
           weighted_rows<kDim>(ds.data(), per_row * kLanes, key_rows_in.data(), kh, s.dilation_w * D, kw, scale,
@@ -455,14 +461,16 @@ void fused_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const 
           // the reversed table holds at bias_cols - 1 - bias_index(j0, j) + m.
           const int64_t bias_col = s.bias_cols() - 1 - bias_index(j0, j, kw, dw);
           for (int64_t r = 0; r < rows; ++r) {
-            const int64_t i = i0 + r * dh, u = r * per_row * kLanes;
-            const T *lse_row = q_rows[r] + 2 * D * stride + qb, *delta_row = lse_row + stride;
-            if (table.row(0)) axpy<0>(T(1), table.row(bias_index(i, a, kh, dh)) + bias_col, prob.data() + u, per_row * kLanes);
-            softmax_grad_terms(per_row * kLanes, count, prob.data() + u, [&](int64_t w) { return lse_row[w]; },
-                               ds.data() + u, [&](int64_t w) { return delta_row[w]; });
+            const int64_t i = i0 + r * dh;
+            if (table.row(0))
+              axpy<0>(T(1), table.row(bias_index(i, a, kh, dh)) + bias_col, prob.data() + r * per_row * kLanes, per_row * kLanes);
             q_rows_in[r] = qp + (plane + i * W + j0) * D;
             dout_rows_in[r] = gp + (plane + i * W + j0) * D;
           }
+          const int64_t lse_at = 2 * D * stride + qb, delta_at = lse_at + stride;  // in a ring row
+          softmax_grad_terms(rows, per_row * kLanes, count, prob.data(), ds.data(),
+                             [&](int64_t r, int64_t w) { return q_rows[r][lse_at + w]; },
+                             [&](int64_t r, int64_t w) { return q_rows[r][delta_at + w]; });
           weighted_rows<kDim>(ds.data(), per_row * kLanes, q_rows_in.data(), rows, dw * D, count, scale, dkp + key * D, D);
           weighted_rows<kDim>(prob.data(), per_row * kLanes, dout_rows_in.data(), rows, dw * D, count, T(1),
                               dvp + key * D, D);
