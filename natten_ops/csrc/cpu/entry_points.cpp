@@ -171,6 +171,20 @@ std::string kernel_variant() {
 #endif
 }
 
+// The widest vector instruction set the compiler could use in this build: "avx512", "avx2", "neon" or
+// "scalar" (tests check that the portable build on x86 is compiled without AVX-512).
+std::string vector_isa() {
+#if defined(__AVX512F__)
+  return "avx512";
+#elif defined(__AVX2__)
+  return "avx2";
+#elif defined(__ARM_NEON)
+  return "neon";
+#else
+  return "scalar";
+#endif
+}
+
 // The index math of na2d_index.h over a whole axis, for tests: [L, 3] = (window start, inverse
 // first, inverse end) per position.
 Tensor axis_tables(int64_t length, int64_t kernel, int64_t dilation) {
