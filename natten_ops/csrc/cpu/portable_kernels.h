@@ -171,9 +171,10 @@ template <typename T>
 struct PaddedBias {
   int64_t stride;
   std::vector<T> rows;
+  static int64_t size(const HeadShape& s) { return (2 * s.kernel_h - 1) * stride_of(s); }
+  static int64_t stride_of(const HeadShape& s) { return s.bias_cols() + lane_vectors(s.bias_cols()) * kLanes; }
   PaddedBias(const T* table, const HeadShape& s, bool reversed)
-      : stride(s.bias_cols() + lane_vectors(s.bias_cols()) * kLanes),
-        rows(table ? (2 * s.kernel_h - 1) * stride : 0, T(0)) {
+      : stride(stride_of(s)), rows(table ? size(s) : 0, T(0)) {
     for (int64_t r = 0; table && r < 2 * s.kernel_h - 1; ++r)
       for (int64_t c = 0; c < s.bias_cols(); ++c)
         rows[r * stride + (reversed ? s.bias_cols() - 1 - c : c)] = table[r * s.bias_cols() + c];
@@ -199,14 +200,19 @@ class RowRing {
   T* data_;
 };
 
-// A sweep: the in-group rows [first, end) of dilation group `group` of rows in (batch, head) plane `plane`.
+// A sweep: the in-group rows [first, end) of dilation group `group` of rows in (batch, head) plane
+// `plane` (first element: plane * H * W), whose head has shape `s` and column order `order`.
 struct Sweep {
   int64_t plane, group, first, end;
+  const HeadShape* s;
+  const ColumnOrder* order;
+  int64_t row(int64_t in_group) const { return group + in_group * s->dilation_h; }
 };
 
 // The sweeps of a pass: each plane's row groups, split into chunks (of at least 2 kh rows) until there
-// are about 4 per thread. Every output row belongs to one sweep, whatever the split.
-inline std::vector<Sweep> sweeps_of(const Groups& groups, const Problem& p) {
+// are about 4 per thread. Every output row belongs to one sweep, whatever the split, and is computed
+// the same way in any sweep: results do not depend on the thread count.
+inline std::vector<Sweep> sweeps_of(const Groups& groups, const std::vector<ColumnOrder>& orders, const Problem& p) {
   std::vector<Sweep> sweeps;
   const int64_t planes = p.batch * p.heads, wanted = 4 * at::get_num_threads();
   for (int64_t plane = 0; plane < planes; ++plane) {
@@ -215,10 +221,21 @@ inline std::vector<Sweep> sweeps_of(const Groups& groups, const Problem& p) {
       const int64_t rows = (p.height - 1 - g) / s.dilation_h + 1;
       const int64_t per_group = (wanted + planes * s.dilation_h - 1) / (planes * s.dilation_h);
       const int64_t chunks = std::max<int64_t>(1, std::min(per_group, rows / (2 * s.kernel_h)));
-      for (int64_t c = 0; c < chunks; ++c) sweeps.push_back({plane, g, rows * c / chunks, rows * (c + 1) / chunks});
+      for (int64_t c = 0; c < chunks; ++c)
+        sweeps.push_back({plane * p.plane(), g, rows * c / chunks, rows * (c + 1) / chunks, &s, &orders[s.group]});
     }
   }
   return sweeps;
+}
+
+// Runs fn(scratch, sweep) for every sweep on the intra-op threads, with one scratch = make_scratch()
+// per thread.
+template <typename MakeScratch, typename Fn>
+void for_each_sweep(const std::vector<Sweep>& sweeps, const MakeScratch& make_scratch, const Fn& fn) {
+  at::parallel_for(0, static_cast<int64_t>(sweeps.size()), 1, [&](int64_t begin, int64_t end) {
+    auto scratch = make_scratch();
+    for (int64_t task = begin; task < end; ++task) fn(scratch, sweeps[task]);
+  });
 }
 
 // Softmax weights of one query's logits [rows][row_size] (row_size a multiple of kLanes; slots w >= kw
@@ -259,6 +276,27 @@ inline void window_vectors(T* const* base, int64_t rows, int64_t offset, int64_t
     for (int64_t v = 0; v < per_row; ++v) out[r * per_row + v] = base[r] + offset + v * kLanes;
 }
 
+// Scratch of the lane-vector dot products: x scaled, and pointers to the vectors of a window.
+template <typename T>
+struct DotScratch {
+  std::vector<T> scaled;
+  std::vector<const T*> vectors;
+};
+
+// logits[r * per_row * kLanes + w] = (scale * x) . rows[r][column begin + w] + bias_rows[r][bias_col + w]
+// for the r < count transposed rows (no bias without bias_rows): a query against its window's key rows,
+// or a key against the query rows of its inverse neighbourhood. Lanes w past the window: anything.
+template <int kDim, typename T>
+inline void window_logits(const T* x, T scale, T* const* rows, int64_t count, int64_t begin, int64_t per_row,
+                          int64_t stride, int64_t dim, const std::type_identity_t<T>* const* bias_rows, int64_t bias_col,
+                          DotScratch<T>& scratch, T* logits) {
+  scale_into<kDim>(scale, x, scratch.scaled.data(), dim);  // (scale * q) . k, as the reference
+  window_vectors(rows, count, begin, per_row, scratch.vectors.data());
+  lane_dots<kDim>(scratch.scaled.data(), scratch.vectors.data(), count * per_row, stride, dim, logits);
+  for (int64_t r = 0; r < count && bias_rows; ++r)
+    axpy<0>(T(1), bias_rows[r] + bias_col, logits + r * per_row * kLanes, per_row * kLanes);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Fused na2d: out = softmax(scale * q.k + rpb) v, saving the log-sum-exp for the backward pass.
 // A sweep goes down the rows of one dilation group; the key rows of the window are transposed once
@@ -271,46 +309,45 @@ void fused_forward(const Tensor& q, const Tensor& k, const Tensor& v, Tensor& ou
   T *op = out.data_ptr<T>(), *lp = lse.data_ptr<T>();
   const int64_t D = kDim > 0 ? kDim : p.dim, W = p.width, H = p.height, stride = W + kLanes;
   const std::vector<ColumnOrder> orders = column_orders(groups, W);
-  const std::vector<Sweep> sweeps = sweeps_of(groups, p);
-  int64_t kh_max = 0, vectors_max = 0;
-  for (const HeadShape& s : groups.heads) {
-    kh_max = std::max(kh_max, s.kernel_h);
-    vectors_max = std::max(vectors_max, s.kernel_h * lane_vectors(s.kernel_w));
-  }
-  at::parallel_for(0, static_cast<int64_t>(sweeps.size()), 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> ring_rows(kh_max * D * stride, T(0)), logits(vectors_max * kLanes), q_scaled(D);
-    std::vector<T*> key_rows(kh_max);
-    std::vector<const T*> value_rows(kh_max);
-    std::vector<const T*> vectors(vectors_max);
-    for (int64_t task = begin; task < end; ++task) {
-      const Sweep& sweep = sweeps[task];
-      const HeadShape& s = groups.heads[sweep.plane % p.heads];
-      const ColumnOrder& order = orders[s.group];
-      const PaddedBias<T> table(bias.of(s), s, false);
-      const int64_t kh = s.kernel_h, kw = s.kernel_w, dh = s.dilation_h, per_row = lane_vectors(kw);
-      const int64_t plane = sweep.plane * p.plane();
-      RowRing<T> ring(kh, D * stride, ring_rows.data());
-      for (int64_t t = sweep.first; t < sweep.end; ++t) {
-        const int64_t i = sweep.group + t * dh, row0 = window_start(i, H, kh, dh), first = (row0 - sweep.group) / dh;
-        ring.fill(first, first + kh, [&](int64_t r, T* rows_t) {
-          transpose_row(kp + (plane + (sweep.group + r * dh) * W) * D, order, D, stride, rows_t);
-        });
-        for (int64_t uh = 0; uh < kh; ++uh) key_rows[uh] = ring.row(first + uh);
-        const int64_t bias_row0 = bias_index(i, row0, kh, dh);
-        for (int64_t c = 0; c < W; ++c) {
-          const int64_t j = order.column[c], query = plane + i * W + j, col0 = order.column[order.key_begin[c]];
-          scale_into<kDim>(scale, qp + query * D, q_scaled.data(), D);  // (scale * q) . k, as the reference
-          window_vectors(key_rows.data(), kh, order.key_begin[c], per_row, vectors.data());
-          lane_dots<kDim>(q_scaled.data(), vectors.data(), kh * per_row, stride, D, logits.data());
-          const int64_t bias_col = bias_index(j, col0, kw, s.dilation_w);
-          for (int64_t uh = 0; uh < kh && table.row(0); ++uh)
-            axpy<0>(T(1), table.row(bias_row0 + uh) + bias_col, logits.data() + uh * per_row * kLanes, per_row * kLanes);
-          const auto [max, sum] = softmax_weights(logits.data(), kh, per_row * kLanes, kw);
-          for (int64_t uh = 0; uh < kh; ++uh) value_rows[uh] = vp + (plane + (row0 + uh * dh) * W + col0) * D;
-          weighted_rows<kDim>(logits.data(), per_row * kLanes, value_rows.data(), kh, s.dilation_w * D, kw, T(1) / sum,
-                              op + query * D, D);
-          lp[query] = max + std::log(sum);
-        }
+  const std::vector<Sweep> sweeps = sweeps_of(groups, orders, p);
+  const int64_t kh_max = groups.max_over([](const HeadShape& s) { return s.kernel_h; });
+  const int64_t slots = groups.max_over([](const HeadShape& s) { return s.kernel_h * lane_vectors(s.kernel_w) * kLanes; });
+  struct Scratch {
+    std::vector<T> ring, logits;
+    std::vector<T*> key_rows;                   // the window's key rows, transposed (in the ring)
+    std::vector<const T*> value_rows, bias_rows;  // the window's value rows as stored; its bias rows
+    DotScratch<T> dots;
+  };
+  auto make_scratch = [&] {
+    return Scratch{std::vector<T>(kh_max * D * stride, T(0)), std::vector<T>(slots), std::vector<T*>(kh_max),
+                   std::vector<const T*>(kh_max), std::vector<const T*>(kh_max), {std::vector<T>(D), std::vector<const T*>(slots)}};
+  };
+  for_each_sweep(sweeps, make_scratch, [&](Scratch& x, const Sweep& sweep) {
+    const HeadShape& s = *sweep.s;
+    const ColumnOrder& order = *sweep.order;
+    const PaddedBias<T> table(bias.of(s), s, false);
+    const int64_t kh = s.kernel_h, kw = s.kernel_w, dh = s.dilation_h, per_row = lane_vectors(kw);
+    RowRing<T> ring(kh, D * stride, x.ring.data());
+    for (int64_t t = sweep.first; t < sweep.end; ++t) {
+      const int64_t i = sweep.row(t), row0 = window_start(i, H, kh, dh), first = (row0 - sweep.group) / dh;
+      ring.fill(first, first + kh, [&](int64_t r, T* rows_t) {
+        transpose_row(kp + (sweep.plane + sweep.row(r) * W) * D, order, D, stride, rows_t);
+      });
+      const int64_t bias_row0 = bias_index(i, row0, kh, dh);
+      for (int64_t uh = 0; uh < kh; ++uh) {
+        x.key_rows[uh] = ring.row(first + uh);
+        x.bias_rows[uh] = table.row(bias_row0 + uh);
+      }
+      for (int64_t c = 0; c < W; ++c) {
+        const int64_t j = order.column[c], query = sweep.plane + i * W + j, col0 = order.column[order.key_begin[c]];
+        window_logits<kDim>(qp + query * D, scale, x.key_rows.data(), kh, order.key_begin[c], per_row, stride, D,
+                            table.row(0) ? x.bias_rows.data() : nullptr, bias_index(j, col0, kw, s.dilation_w),
+                            x.dots, x.logits.data());
+        const auto [max, sum] = softmax_weights(x.logits.data(), kh, per_row * kLanes, kw);
+        for (int64_t uh = 0; uh < kh; ++uh) x.value_rows[uh] = vp + (sweep.plane + (row0 + uh * dh) * W + col0) * D;
+        weighted_rows<kDim>(x.logits.data(), per_row * kLanes, x.value_rows.data(), kh, s.dilation_w * D, kw, T(1) / sum,
+                            op + query * D, D);
+        lp[query] = max + std::log(sum);
       }
     }
   });
@@ -342,139 +379,127 @@ void fused_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const 
   const T *op = out.data_ptr<T>(), *lp = lse.data_ptr<T>();
   T *dqp = dq.data_ptr<T>(), *dkp = dk.data_ptr<T>(), *dvp = dv.data_ptr<T>();
   const int64_t D = kDim > 0 ? kDim : p.dim, W = p.width, H = p.height, stride = W + kLanes;
-  const int64_t bias_stride = groups.max_bias_area();
   Tensor delta_tensor = at::empty({p.rows() * W}, q.options());  // rowsum(dout * out) per query
   T* delta = delta_tensor.data_ptr<T>();
   const std::vector<ColumnOrder> orders = column_orders(groups, W);
-  const std::vector<Sweep> sweeps = sweeps_of(groups, p);
-  int64_t kh_max = 0, query_vectors = 0, key_vectors = 0, padded_bias = 0;
-  for (const HeadShape& s : groups.heads) {
-    kh_max = std::max(kh_max, s.kernel_h);
-    query_vectors = std::max(query_vectors, s.kernel_h * lane_vectors(s.kernel_w));
-    key_vectors = std::max(key_vectors, (2 * s.kernel_h - 1) * lane_vectors(s.bias_cols()));
-    padded_bias = std::max(padded_bias, (2 * s.kernel_h - 1) * PaddedBias<T>(nullptr, s, false).stride);
-  }
+  const std::vector<Sweep> sweeps = sweeps_of(groups, orders, p);
+  // A key sees at most 2kh-1 query rows, and 2kw-1 queries of a row (the bias table's shape).
+  const int64_t kh_max = groups.max_over([](const HeadShape& s) { return s.kernel_h; }), rows_max = 2 * kh_max - 1;
+  const int64_t slots = groups.max_over([](const HeadShape& s) { return (2 * s.kernel_h - 1) * lane_vectors(s.bias_cols()) * kLanes; });
+  struct Scratch {
+    std::vector<T> ring, prob, ds, bias_grad;
+    std::vector<T*> rows_t;                     // the rows the dots read, transposed (in the ring)
+    std::vector<const T*> rows, bias_rows;      // the rows weighted sums read, as stored; bias rows
+    DotScratch<T> dots;
+  };
+  auto scratch_of = [&](int64_t ring_size, int64_t bias_size) {
+    return [=] {
+      return Scratch{std::vector<T>(ring_size, T(0)), std::vector<T>(slots), std::vector<T>(slots),
+                     std::vector<T>(bias_size), std::vector<T*>(2 * rows_max), std::vector<const T*>(2 * rows_max),
+                     std::vector<const T*>(rows_max), {std::vector<T>(D), std::vector<const T*>(slots)}};
+    };
+  };
 
-  // Query pass: delta, then dQ over the neighborhood and the bias gradient per row. The ring holds the
-  // window's key rows transposed, then its value rows.
-  at::parallel_for(0, static_cast<int64_t>(sweeps.size()), 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> ring_rows(kh_max * 2 * D * stride, T(0)), prob(query_vectors * kLanes), ds(query_vectors * kLanes);
-    std::vector<T> q_scaled(D), bias_grad(padded_bias);
-    std::vector<T*> key_rows(kh_max), value_rows(kh_max);  // transposed, in the ring
-    std::vector<const T*> key_rows_in(kh_max);              // as stored in k
-    std::vector<const T*> vectors(query_vectors);
-    for (int64_t task = begin; task < end; ++task) {
-      const Sweep& sweep = sweeps[task];
-      const HeadShape& s = groups.heads[sweep.plane % p.heads];
-      const ColumnOrder& order = orders[s.group];
-      const PaddedBias<T> table(bias.of(s), s, false);
-      const int64_t kh = s.kernel_h, kw = s.kernel_w, dh = s.dilation_h, per_row = lane_vectors(kw);
-      const int64_t plane = sweep.plane * p.plane();
-      RowRing<T> ring(kh, 2 * D * stride, ring_rows.data());
-      for (int64_t t = sweep.first; t < sweep.end; ++t) {
-        const int64_t i = sweep.group + t * dh, row0 = window_start(i, H, kh, dh), first = (row0 - sweep.group) / dh;
-        ring.fill(first, first + kh, [&](int64_t r, T* rows_t) {
-          const int64_t row = plane + (sweep.group + r * dh) * W;
-          transpose_row(kp + row * D, order, D, stride, rows_t);
-          transpose_row(vp + row * D, order, D, stride, rows_t + D * stride);
-        });
-        for (int64_t uh = 0; uh < kh; ++uh) {
-          key_rows[uh] = ring.row(first + uh);
-          value_rows[uh] = key_rows[uh] + D * stride;
-        }
-        for (int64_t query = plane + i * W; query < plane + (i + 1) * W; ++query)
-          delta[query] = dot<kDim>(gp + query * D, op + query * D, D);
-        std::fill(bias_grad.begin(), bias_grad.end(), T(0));
-        const int64_t bias_row0 = bias_index(i, row0, kh, dh);
-        for (int64_t c = 0; c < W; ++c) {
-          const int64_t j = order.column[c], query = plane + i * W + j, col0 = order.column[order.key_begin[c]];
-          scale_into<kDim>(scale, qp + query * D, q_scaled.data(), D);
-          window_vectors(key_rows.data(), kh, order.key_begin[c], per_row, vectors.data());
-          lane_dots<kDim>(q_scaled.data(), vectors.data(), kh * per_row, stride, D, prob.data());
-          window_vectors(value_rows.data(), kh, order.key_begin[c], per_row, vectors.data());
-          lane_dots<kDim>(gp + query * D, vectors.data(), kh * per_row, stride, D, ds.data());
-          const int64_t bias_col = bias_index(j, col0, kw, s.dilation_w);
-          const T lse_q = lp[query], delta_q = delta[query];
-          for (int64_t uh = 0; uh < kh && table.row(0); ++uh)
-            axpy<0>(T(1), table.row(bias_row0 + uh) + bias_col, prob.data() + uh * per_row * kLanes, per_row * kLanes);
-          softmax_grad_terms(kh, per_row * kLanes, kw, prob.data(), ds.data(), [&](int64_t, int64_t) { return lse_q; },
-                             [&](int64_t, int64_t) { return delta_q; });
-          for (int64_t uh = 0; uh < kh; ++uh) {
-            if (table.row(0))
-              axpy<0>(T(1), ds.data() + uh * per_row * kLanes, bias_grad.data() + (bias_row0 + uh) * table.stride + bias_col,
-                      per_row * kLanes);
-            key_rows_in[uh] = kp + (plane + (row0 + uh * dh) * W + col0) * D;
-          }
-          weighted_rows<kDim>(ds.data(), per_row * kLanes, key_rows_in.data(), kh, s.dilation_w * D, kw, scale,
-                              dqp + query * D, D);
-        }
-        T* partial = table.row(0) ? bias_partial + (sweep.plane * H + i) * bias_stride : nullptr;
-        for (int64_t r = 0; partial && r < 2 * kh - 1; ++r)
-          std::copy_n(bias_grad.data() + r * table.stride, s.bias_cols(), partial + r * s.bias_cols());
+  // Query pass: delta, then dQ over the neighborhood and the bias gradient of each query row. The
+  // ring holds the window's key rows transposed, then its value rows.
+  const int64_t bias_stride = groups.max_bias_area(), padded_bias = groups.max_over(PaddedBias<T>::size);
+  for_each_sweep(sweeps, scratch_of(kh_max * 2 * D * stride, padded_bias), [&](Scratch& x, const Sweep& sweep) {
+    const HeadShape& s = *sweep.s;
+    const ColumnOrder& order = *sweep.order;
+    const PaddedBias<T> table(bias.of(s), s, false);
+    const int64_t kh = s.kernel_h, kw = s.kernel_w, dh = s.dilation_h, per_row = lane_vectors(kw);
+    T *const *key_rows = x.rows_t.data(), *const *value_rows = key_rows + kh;
+    RowRing<T> ring(kh, 2 * D * stride, x.ring.data());
+    for (int64_t t = sweep.first; t < sweep.end; ++t) {
+      const int64_t i = sweep.row(t), row0 = window_start(i, H, kh, dh), first = (row0 - sweep.group) / dh;
+      ring.fill(first, first + kh, [&](int64_t r, T* rows_t) {
+        const int64_t row = sweep.plane + sweep.row(r) * W;
+        transpose_row(kp + row * D, order, D, stride, rows_t);
+        transpose_row(vp + row * D, order, D, stride, rows_t + D * stride);
+      });
+      const int64_t bias_row0 = bias_index(i, row0, kh, dh);
+      for (int64_t uh = 0; uh < kh; ++uh) {
+        x.rows_t[uh] = ring.row(first + uh);
+        x.rows_t[kh + uh] = x.rows_t[uh] + D * stride;
+        x.bias_rows[uh] = table.row(bias_row0 + uh);
       }
+      for (int64_t query = sweep.plane + i * W; query < sweep.plane + (i + 1) * W; ++query)
+        delta[query] = dot<kDim>(gp + query * D, op + query * D, D);
+      std::fill(x.bias_grad.begin(), x.bias_grad.end(), T(0));
+      for (int64_t c = 0; c < W; ++c) {
+        const int64_t j = order.column[c], query = sweep.plane + i * W + j, col0 = order.column[order.key_begin[c]];
+        const int64_t bias_col = bias_index(j, col0, kw, s.dilation_w);
+        window_logits<kDim>(qp + query * D, scale, key_rows, kh, order.key_begin[c], per_row, stride, D,
+                            table.row(0) ? x.bias_rows.data() : nullptr, bias_col, x.dots, x.prob.data());
+        window_logits<kDim>(gp + query * D, T(1), value_rows, kh, order.key_begin[c], per_row, stride, D, nullptr, 0,
+                            x.dots, x.ds.data());
+        const T lse_q = lp[query], delta_q = delta[query];
+        softmax_grad_terms(kh, per_row * kLanes, kw, x.prob.data(), x.ds.data(), [&](int64_t, int64_t) { return lse_q; },
+                           [&](int64_t, int64_t) { return delta_q; });
+        for (int64_t uh = 0; uh < kh; ++uh) {
+          if (table.row(0))
+            axpy<0>(T(1), x.ds.data() + uh * per_row * kLanes, x.bias_grad.data() + (bias_row0 + uh) * table.stride + bias_col,
+                    per_row * kLanes);
+          x.rows[uh] = kp + (sweep.plane + (row0 + uh * dh) * W + col0) * D;
+        }
+        weighted_rows<kDim>(x.ds.data(), per_row * kLanes, x.rows.data(), kh, s.dilation_w * D, kw, scale,
+                            dqp + query * D, D);
+      }
+      T* partial = table.row(0) ? bias_partial + (sweep.plane / W + i) * bias_stride : nullptr;  // (b, head, i)
+      for (int64_t r = 0; partial && r < 2 * kh - 1; ++r)
+        std::copy_n(x.bias_grad.data() + r * table.stride, s.bias_cols(), partial + r * s.bias_cols());
     }
   });
 
   // Key pass: dK and dV over the inverse neighborhood of each key, p and ds recomputed from lse and
-  // delta. The ring holds the query rows of the inverse neighbourhoods (fewer than 2kh), each as q and
-  // dout transposed, then lse and delta in reordered columns.
+  // delta. The ring holds the query rows of the inverse neighbourhoods, each as q and dout transposed,
+  // then lse and delta in reordered columns.
   const int64_t query_row = 2 * D * stride + 2 * stride;
-  at::parallel_for(0, static_cast<int64_t>(sweeps.size()), 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> ring_rows((2 * kh_max - 1) * query_row, T(0)), prob(key_vectors * kLanes), ds(key_vectors * kLanes);
-    std::vector<T> k_scaled(D);
-    std::vector<T*> q_rows(2 * kh_max - 1), dout_rows(2 * kh_max - 1);  // transposed, in the ring
-    std::vector<const T*> q_rows_in(2 * kh_max - 1), dout_rows_in(2 * kh_max - 1);  // as stored in q, dout
-    std::vector<const T*> vectors(key_vectors);
-    for (int64_t task = begin; task < end; ++task) {
-      const Sweep& sweep = sweeps[task];
-      const HeadShape& s = groups.heads[sweep.plane % p.heads];
-      const ColumnOrder& order = orders[s.group];
-      const PaddedBias<T> table(bias.of(s), s, true);
-      const int64_t kh = s.kernel_h, kw = s.kernel_w, dh = s.dilation_h, dw = s.dilation_w;
-      const int64_t plane = sweep.plane * p.plane();
-      RowRing<T> ring(2 * kh - 1, query_row, ring_rows.data());
-      for (int64_t t = sweep.first; t < sweep.end; ++t) {
-        const int64_t a = sweep.group + t * dh;
-        int64_t i0, i1;
-        inverse_window(a, H, kh, dh, &i0, &i1);
-        const int64_t first = (i0 - sweep.group) / dh, rows = (i1 - i0 + dh - 1) / dh;
-        ring.fill(first, first + rows, [&](int64_t r, T* row_t) {
-          const int64_t row = plane + (sweep.group + r * dh) * W;
-          transpose_row(qp + row * D, order, D, stride, row_t);
-          transpose_row(gp + row * D, order, D, stride, row_t + D * stride);
-          reorder_row(lp + row, order, row_t + 2 * D * stride);
-          reorder_row(delta + row, order, row_t + 2 * D * stride + stride);
-        });
+  for_each_sweep(sweeps, scratch_of(rows_max * query_row, 0), [&](Scratch& x, const Sweep& sweep) {
+    const HeadShape& s = *sweep.s;
+    const ColumnOrder& order = *sweep.order;
+    const PaddedBias<T> table(bias.of(s), s, true);
+    const int64_t kh = s.kernel_h, kw = s.kernel_w, dh = s.dilation_h, dw = s.dilation_w;
+    RowRing<T> ring(rows_max, query_row, x.ring.data());
+    for (int64_t t = sweep.first; t < sweep.end; ++t) {
+      const int64_t a = sweep.row(t);
+      int64_t i0, i1;
+      inverse_window(a, H, kh, dh, &i0, &i1);
+      const int64_t first = (i0 - sweep.group) / dh, rows = (i1 - i0 + dh - 1) / dh;
+      ring.fill(first, first + rows, [&](int64_t r, T* row_t) {
+        const int64_t row = sweep.plane + sweep.row(r) * W;
+        transpose_row(qp + row * D, order, D, stride, row_t);
+        transpose_row(gp + row * D, order, D, stride, row_t + D * stride);
+        reorder_row(lp + row, order, row_t + 2 * D * stride);
+        reorder_row(delta + row, order, row_t + 2 * D * stride + stride);
+      });
+      T *const *q_rows = x.rows_t.data(), *const *dout_rows = q_rows + rows;
+      for (int64_t r = 0; r < rows; ++r) {
+        x.rows_t[r] = ring.row(first + r);
+        x.rows_t[rows + r] = x.rows_t[r] + D * stride;
+        x.bias_rows[r] = table.row(bias_index(i0 + r * dh, a, kh, dh));
+      }
+      for (int64_t c = 0; c < W; ++c) {
+        const int64_t j = order.column[c], key = sweep.plane + a * W + j, qb = order.query_begin[c];
+        const int64_t count = order.query_count[c], per_row = lane_vectors(count), j0 = order.column[qb];
+        // Bias of the m-th query of a row for this key: entry bias_index(j0, j) - m of its row, which
+        // the reversed table holds at bias_cols - 1 - bias_index(j0, j) + m.
+        const int64_t bias_col = s.bias_cols() - 1 - bias_index(j0, j, kw, dw);
+        window_logits<kDim>(kp + key * D, scale, q_rows, rows, qb, per_row, stride, D,  // q . (scale * k)
+                            table.row(0) ? x.bias_rows.data() : nullptr, bias_col, x.dots, x.prob.data());
+        window_logits<kDim>(vp + key * D, T(1), dout_rows, rows, qb, per_row, stride, D, nullptr, 0, x.dots,
+                            x.ds.data());
+        const int64_t lse_at = 2 * D * stride + qb, delta_at = lse_at + stride;  // in a ring row
+        softmax_grad_terms(rows, per_row * kLanes, count, x.prob.data(), x.ds.data(),
+                           [&](int64_t r, int64_t w) { return q_rows[r][lse_at + w]; },
+                           [&](int64_t r, int64_t w) { return q_rows[r][delta_at + w]; });
         for (int64_t r = 0; r < rows; ++r) {
-          q_rows[r] = ring.row(first + r);
-          dout_rows[r] = q_rows[r] + D * stride;
+          x.rows[r] = qp + (sweep.plane + (i0 + r * dh) * W + j0) * D;
+          x.rows[rows + r] = gp + (sweep.plane + (i0 + r * dh) * W + j0) * D;
         }
-        for (int64_t c = 0; c < W; ++c) {
-          const int64_t j = order.column[c], key = plane + a * W + j, qb = order.query_begin[c];
-          const int64_t count = order.query_count[c], per_row = lane_vectors(count), j0 = order.column[qb];
-          scale_into<kDim>(scale, kp + key * D, k_scaled.data(), D);  // q . (scale * k): the same products
-          window_vectors(q_rows.data(), rows, qb, per_row, vectors.data());
-          lane_dots<kDim>(k_scaled.data(), vectors.data(), rows * per_row, stride, D, prob.data());
-          window_vectors(dout_rows.data(), rows, qb, per_row, vectors.data());
-          lane_dots<kDim>(vp + key * D, vectors.data(), rows * per_row, stride, D, ds.data());
-          // Bias of the m-th query of a row for this key: entry bias_index(j0, j) - m of its row, which
-          // the reversed table holds at bias_cols - 1 - bias_index(j0, j) + m.
-          const int64_t bias_col = s.bias_cols() - 1 - bias_index(j0, j, kw, dw);
-          for (int64_t r = 0; r < rows; ++r) {
-            const int64_t i = i0 + r * dh;
-            if (table.row(0))
-              axpy<0>(T(1), table.row(bias_index(i, a, kh, dh)) + bias_col, prob.data() + r * per_row * kLanes, per_row * kLanes);
-            q_rows_in[r] = qp + (plane + i * W + j0) * D;
-            dout_rows_in[r] = gp + (plane + i * W + j0) * D;
-          }
-          const int64_t lse_at = 2 * D * stride + qb, delta_at = lse_at + stride;  // in a ring row
-          softmax_grad_terms(rows, per_row * kLanes, count, prob.data(), ds.data(),
-                             [&](int64_t r, int64_t w) { return q_rows[r][lse_at + w]; },
-                             [&](int64_t r, int64_t w) { return q_rows[r][delta_at + w]; });
-          weighted_rows<kDim>(ds.data(), per_row * kLanes, q_rows_in.data(), rows, dw * D, count, scale, dkp + key * D, D);
-          weighted_rows<kDim>(prob.data(), per_row * kLanes, dout_rows_in.data(), rows, dw * D, count, T(1),
-                              dvp + key * D, D);
-        }
+        weighted_rows<kDim>(x.ds.data(), per_row * kLanes, x.rows.data(), rows, dw * D, count, scale, dkp + key * D, D);
+        weighted_rows<kDim>(x.prob.data(), per_row * kLanes, x.rows.data() + rows, rows, dw * D, count, T(1),
+                            dvp + key * D, D);
       }
     }
   });
