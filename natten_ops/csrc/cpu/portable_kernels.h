@@ -1,14 +1,17 @@
 // The portable CPU kernels: fused na2d (forward, backward) and the unfused na2d_qk / na2d_av, for any
-// float type and head_dim, free of intrinsics (the compiler vectorises the loops over head_dim).
+// float type, head_dim and processor, free of intrinsics: the fused kernels put kLanes window slots
+// side by side (lane vectors, below) and leave the instruction set to the compiler's vectoriser and
+// generic vector types; the unfused ones take one query at a time.
 //
-// Work is split over (batch, head, row) with at::parallel_for. Every output element has exactly one
-// owner: dQ is accumulated over the query's neighborhood, dK / dV over the key's inverse
-// neighborhood (no atomics), and dRPB is reduced from per-row partial sums in a fixed order, so
-// results are bitwise reproducible for a given thread count.
+// The fused kernels split the work into sweeps, runs of the rows of one dilation group in one (batch,
+// head) plane, run in parallel with at::parallel_for; the unfused ones split it over (batch, head, row).
+// Every output element has exactly one owner: dQ is summed over the query's neighborhood, dK / dV over
+// the key's inverse neighborhood (no atomics), and dRPB is reduced from per-row partial sums in a fixed
+// order, so results are bitwise reproducible, whatever the thread count.
 //
 // NaN and Inf propagate as in natten_ops/reference.py: logits are (scale * q) . k + bias, the softmax
 // subtracts the row's max (a NaN or +inf logit, or a row of -inf logits, gives a NaN row) and exp of
-// -inf is exactly 0.
+// -inf is exactly 0; lanes outside a window never reach a result.
 #pragma once
 
 #include <limits>
@@ -516,33 +519,42 @@ inline int64_t slot_of(int64_t i, int64_t j, int64_t a, int64_t c, const HeadSha
   return uh * s.kernel_w + uw;
 }
 
-// Calls fn(slot, key, bias_index) for every slot of query (i, j) in plane `plane`.
+// Calls fn(query, slot, key, bias_index) for every query (in parallel over query rows) and every slot
+// of its window.
 template <typename Fn>
-inline void for_each_neighbor(int64_t plane, int64_t i, int64_t j, const HeadShape& s, const Problem& p,
-                              const Fn& fn) {
-  const int64_t row0 = window_start(i, p.height, s.kernel_h, s.dilation_h);
-  const int64_t col0 = window_start(j, p.width, s.kernel_w, s.dilation_w);
-  int64_t u = 0;
-  for (int64_t uh = 0; uh < s.kernel_h; ++uh) {
-    const int64_t a = row0 + uh * s.dilation_h;
-    const int64_t brow = bias_index(i, a, s.kernel_h, s.dilation_h) * s.bias_cols();
-    for (int64_t uw = 0; uw < s.kernel_w; ++uw, ++u) {
-      const int64_t c = col0 + uw * s.dilation_w;
-      fn(u, plane + a * p.width + c, brow + bias_index(j, c, s.kernel_w, s.dilation_w));
+inline void for_each_neighbor(const HeadShape& s, const Problem& p, const Fn& fn) {
+  parallel_rows(p, [&](int64_t bh, int64_t i) {
+    const int64_t plane = bh * p.plane(), row0 = window_start(i, p.height, s.kernel_h, s.dilation_h);
+    for (int64_t j = 0; j < p.width; ++j) {
+      const int64_t query = plane + i * p.width + j, col0 = window_start(j, p.width, s.kernel_w, s.dilation_w);
+      int64_t u = 0;
+      for (int64_t uh = 0; uh < s.kernel_h; ++uh) {
+        const int64_t a = row0 + uh * s.dilation_h;
+        const int64_t brow = bias_index(i, a, s.kernel_h, s.dilation_h) * s.bias_cols();
+        for (int64_t uw = 0; uw < s.kernel_w; ++uw, ++u) {
+          const int64_t c = col0 + uw * s.dilation_w;
+          fn(query, u, plane + a * p.width + c, brow + bias_index(j, c, s.kernel_w, s.dilation_w));
+        }
+      }
     }
-  }
+  });
 }
 
-// Calls fn(query, slot) for every query that attends key (a, c) in plane `plane`.
+// Calls fn(key, query, slot) for every key (in parallel over key rows) and every query that attends it.
 template <typename Fn>
-inline void for_each_inverse_neighbor(int64_t plane, int64_t a, int64_t c, const HeadShape& s,
-                                      const Problem& p, const Fn& fn) {
-  int64_t i0, i1, j0, j1;
-  inverse_window(a, p.height, s.kernel_h, s.dilation_h, &i0, &i1);
-  inverse_window(c, p.width, s.kernel_w, s.dilation_w, &j0, &j1);
-  for (int64_t i = i0; i < i1; i += s.dilation_h)
-    for (int64_t j = j0; j < j1; j += s.dilation_w)
-      fn(plane + i * p.width + j, slot_of(i, j, a, c, s, p.height, p.width));
+inline void for_each_inverse_neighbor(const HeadShape& s, const Problem& p, const Fn& fn) {
+  parallel_rows(p, [&](int64_t bh, int64_t a) {
+    const int64_t plane = bh * p.plane();
+    int64_t i0, i1;
+    inverse_window(a, p.height, s.kernel_h, s.dilation_h, &i0, &i1);
+    for (int64_t c = 0; c < p.width; ++c) {
+      int64_t j0, j1;
+      inverse_window(c, p.width, s.kernel_w, s.dilation_w, &j0, &j1);
+      for (int64_t i = i0; i < i1; i += s.dilation_h)
+        for (int64_t j = j0; j < j1; j += s.dilation_w)
+          fn(plane + a * p.width + c, plane + i * p.width + j, slot_of(i, j, a, c, s, p.height, p.width));
+    }
+  });
 }
 
 template <typename T>
@@ -550,47 +562,26 @@ void qk_forward(const Tensor& q, const Tensor& k, Tensor& attn, const HeadShape&
                 const Problem& p) {
   const T *qp = q.data_ptr<T>(), *kp = k.data_ptr<T>();
   T* ap = attn.data_ptr<T>();
-  const int64_t D = p.dim, area = s.kernel_area();
-  const int64_t table_size = s.bias_area();
-  parallel_rows(p, [&](int64_t bh, int64_t i) {
-    const T* head_table = table ? table + (bh % p.heads) * table_size : nullptr;
-    const int64_t plane = bh * p.plane();
-    for (int64_t j = 0; j < p.width; ++j) {
-      const int64_t query = plane + i * p.width + j;
-      T* out = ap + query * area;
-      for_each_neighbor(plane, i, j, s, p, [&](int64_t u, int64_t key, int64_t bidx) {
-        out[u] = dot<0>(qp + query * D, kp + key * D, D) + (head_table ? head_table[bidx] : T(0));
-      });
-    }
+  const int64_t D = p.dim, area = s.kernel_area(), table_size = s.bias_area();
+  for_each_neighbor(s, p, [&](int64_t query, int64_t u, int64_t key, int64_t bidx) {
+    const T* head_table = table ? table + query / p.plane() % p.heads * table_size : nullptr;
+    ap[query * area + u] = dot<0>(qp + query * D, kp + key * D, D) + (head_table ? head_table[bidx] : T(0));
   });
 }
 
+// dq, dk: zeros on entry. bias_partial: zeros [B * heads * H, bias area] (one table per query row), or null.
 template <typename T>
 void qk_backward(const Tensor& dattn, const Tensor& q, const Tensor& k, Tensor& dq, Tensor& dk,
                  T* bias_partial, const HeadShape& s, const Problem& p) {
   const T *gp = dattn.data_ptr<T>(), *qp = q.data_ptr<T>(), *kp = k.data_ptr<T>();
   T *dqp = dq.data_ptr<T>(), *dkp = dk.data_ptr<T>();
   const int64_t D = p.dim, area = s.kernel_area(), table_size = s.bias_area();
-  parallel_rows(p, [&](int64_t bh, int64_t i) {
-    T* partial = bias_partial ? bias_partial + (bh * p.height + i) * table_size : nullptr;
-    const int64_t plane = bh * p.plane();
-    for (int64_t j = 0; j < p.width; ++j) {
-      const int64_t query = plane + i * p.width + j;
-      const T* g = gp + query * area;
-      for_each_neighbor(plane, i, j, s, p, [&](int64_t u, int64_t key, int64_t bidx) {
-        axpy<0>(g[u], kp + key * D, dqp + query * D, D);
-        if (partial) partial[bidx] += g[u];
-      });
-    }
+  for_each_neighbor(s, p, [&](int64_t query, int64_t u, int64_t key, int64_t bidx) {
+    axpy<0>(gp[query * area + u], kp + key * D, dqp + query * D, D);
+    if (bias_partial) bias_partial[query / p.width * table_size + bidx] += gp[query * area + u];
   });
-  parallel_rows(p, [&](int64_t bh, int64_t a) {
-    const int64_t plane = bh * p.plane();
-    for (int64_t c = 0; c < p.width; ++c) {
-      const int64_t key = plane + a * p.width + c;
-      for_each_inverse_neighbor(plane, a, c, s, p, [&](int64_t query, int64_t u) {
-        axpy<0>(gp[query * area + u], qp + query * D, dkp + key * D, D);
-      });
-    }
+  for_each_inverse_neighbor(s, p, [&](int64_t key, int64_t query, int64_t u) {
+    axpy<0>(gp[query * area + u], qp + query * D, dkp + key * D, D);
   });
 }
 
@@ -599,42 +590,24 @@ void av_forward(const Tensor& attn, const Tensor& v, Tensor& out, const HeadShap
   const T *ap = attn.data_ptr<T>(), *vp = v.data_ptr<T>();
   T* op = out.data_ptr<T>();
   const int64_t D = p.dim, area = s.kernel_area();
-  parallel_rows(p, [&](int64_t bh, int64_t i) {
-    const int64_t plane = bh * p.plane();
-    for (int64_t j = 0; j < p.width; ++j) {
-      const int64_t query = plane + i * p.width + j;
-      T* o = op + query * D;
-      std::fill(o, o + D, T(0));
-      for_each_neighbor(plane, i, j, s, p, [&](int64_t u, int64_t key, int64_t) {
-        axpy<0>(ap[query * area + u], vp + key * D, o, D);
-      });
-    }
+  out.zero_();
+  for_each_neighbor(s, p, [&](int64_t query, int64_t u, int64_t key, int64_t) {
+    axpy<0>(ap[query * area + u], vp + key * D, op + query * D, D);
   });
 }
 
+// dv: zeros on entry.
 template <typename T>
 void av_backward(const Tensor& dout, const Tensor& attn, const Tensor& v, Tensor& dattn, Tensor& dv,
                  const HeadShape& s, const Problem& p) {
   const T *gp = dout.data_ptr<T>(), *ap = attn.data_ptr<T>(), *vp = v.data_ptr<T>();
   T *dap = dattn.data_ptr<T>(), *dvp = dv.data_ptr<T>();
   const int64_t D = p.dim, area = s.kernel_area();
-  parallel_rows(p, [&](int64_t bh, int64_t i) {
-    const int64_t plane = bh * p.plane();
-    for (int64_t j = 0; j < p.width; ++j) {
-      const int64_t query = plane + i * p.width + j;
-      for_each_neighbor(plane, i, j, s, p, [&](int64_t u, int64_t key, int64_t) {
-        dap[query * area + u] = dot<0>(gp + query * D, vp + key * D, D);
-      });
-    }
+  for_each_neighbor(s, p, [&](int64_t query, int64_t u, int64_t key, int64_t) {
+    dap[query * area + u] = dot<0>(gp + query * D, vp + key * D, D);
   });
-  parallel_rows(p, [&](int64_t bh, int64_t a) {
-    const int64_t plane = bh * p.plane();
-    for (int64_t c = 0; c < p.width; ++c) {
-      const int64_t key = plane + a * p.width + c;
-      for_each_inverse_neighbor(plane, a, c, s, p, [&](int64_t query, int64_t u) {
-        axpy<0>(ap[query * area + u], gp + query * D, dvp + key * D, D);
-      });
-    }
+  for_each_inverse_neighbor(s, p, [&](int64_t key, int64_t query, int64_t u) {
+    axpy<0>(ap[query * area + u], gp + query * D, dvp + key * D, D);
   });
 }
 
