@@ -42,6 +42,7 @@ NA_HOST_DEVICE double na_log(double x) { return log(x); }
 struct Plane {
   int64_t heads, height, width, dim;
   NA_HOST_DEVICE int64_t row(int64_t plane, int64_t i, int64_t j) const { return (plane * height + i) * width + j; }
+  NA_HOST_DEVICE int64_t rows(int64_t batch) const { return batch * heads * height * width; }  // of the batch
 };
 
 // The window of query (i, j) for one head shape: first key row/column and bias row/column offsets.

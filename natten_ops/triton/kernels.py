@@ -50,6 +50,18 @@ AUTOTUNE_KEY = ["heads", "H", "W", "BLOCK_D", "HAS_BIAS", "TF32"]
 
 
 @triton.jit
+def _program(table, heads, H, W, TH: tl.constexpr, TW: tl.constexpr):
+    """This program's (batch x head) row ``bh``, batch ``b`` and head ``h`` (program axis 1), the head's
+    parameters from ``table`` and its tile (program axis 0, see ``_tile_of_program``)."""
+    bh = tl.program_id(1)
+    b = bh // heads
+    h = bh % heads
+    kh, kw, dh, dw, bias_offset = _head_params(table, h)
+    gh, gw, len_h, len_w, r0, c0, ok = _tile_of_program(tl.program_id(0), H, W, dh, dw, TH, TW)
+    return bh, b, h, kh, kw, dh, dw, bias_offset, gh, gw, len_h, len_w, r0, c0, ok
+
+
+@triton.jit
 def _head_params(table, h):
     kh = tl.load(table + h * 5)
     kw = tl.load(table + h * 5 + 1)
@@ -116,14 +128,18 @@ def _tile_positions(r0, c0, len_h, len_w, TH: tl.constexpr, TW: tl.constexpr):
 
 
 @triton.jit
-def _query_windows(q_r, q_c, r0, c0, len_h, len_w, kh, kw, TH: tl.constexpr, TW: tl.constexpr):
-    """Window starts of the tile's queries (``[TH * TW]`` each) and the halo of keys their windows cover,
-    ``[halo_r0, halo_r1) x [halo_c0, halo_c1)``."""
+def _query_tile(r0, c0, len_h, len_w, kh, kw, D, TH: tl.constexpr, TW: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The ``TH x TW`` query tile at ``(r0, c0)``: its positions (``_tile_positions``), their window starts
+    (``[TH * TW]`` each), the halo of keys their windows cover, ``[halo_r0, halo_r1) x [halo_c0, halo_c1)``,
+    and the head-dim lanes ``offs_d`` (``[BLOCK_D]``) with ``d_ok`` (those < D)."""
+    q_r, q_c, q_ok = _tile_positions(r0, c0, len_h, len_w, TH, TW)
     start_r = _window_start(q_r, len_h, kh)
     start_c = _window_start(q_c, len_w, kw)
     halo_r0, halo_r1 = _halo(r0, tl.minimum(r0 + TH, len_h) - 1, len_h, kh)
     halo_c0, halo_c1 = _halo(c0, tl.minimum(c0 + TW, len_w) - 1, len_w, kw)
-    return start_r, start_c, halo_r0, halo_r1, halo_c0, halo_c1
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < D
+    return q_r, q_c, q_ok, start_r, start_c, halo_r0, halo_r1, halo_c0, halo_c1, offs_d, d_ok
 
 
 @triton.jit
@@ -141,6 +157,31 @@ def _rows_ptr(base, b, h, gh, gw, dh, dw, tr, tc, s_b, s_h, s_r, s_c, offs_d):
 
 
 @triton.jit
+def _key_rows(K, V, b, h, gh, gw, dh, dw, k_r, k_c, k_ok, sk_b, sk_h, sk_r, sk_c, sv_b, sv_h, sv_r, sv_c, offs_d, d_ok):
+    """k and v (``[n, BLOCK_D]`` each, 0 where ``k_ok`` or ``d_ok`` is False) of the ``n`` in-group keys
+    ``(k_r, k_c)``."""
+    mask = k_ok[:, None] & d_ok[None, :]
+    k = tl.load(_rows_ptr(K, b, h, gh, gw, dh, dw, k_r, k_c, sk_b, sk_h, sk_r, sk_c, offs_d), mask=mask, other=0.0)
+    v = tl.load(_rows_ptr(V, b, h, gh, gw, dh, dw, k_r, k_c, sv_b, sv_h, sv_r, sv_c, offs_d), mask=mask, other=0.0)
+    return k, v
+
+
+@triton.jit
+def _query_rows(Q, dOut, Lse, Delta, bh, b, h, gh, gw, dh, dw, q_r, q_c, q_ok, H, W,
+                sq_b, sq_h, sq_r, sq_c, so_b, so_h, so_r, so_c, offs_d, d_ok):
+    """What the backward reads of the ``n`` in-group queries ``(q_r, q_c)`` of the (batch x head) row ``bh``:
+    q and dO (``[n, BLOCK_D]``), lse and delta (``[n]``); 0 where ``q_ok`` or ``d_ok`` is False."""
+    mask = q_ok[:, None] & d_ok[None, :]
+    q = tl.load(_rows_ptr(Q, b, h, gh, gw, dh, dw, q_r, q_c, sq_b, sq_h, sq_r, sq_c, offs_d), mask=mask, other=0.0)
+    do = tl.load(_rows_ptr(dOut, b, h, gh, gw, dh, dw, q_r, q_c, so_b, so_h, so_r, so_c, offs_d), mask=mask,
+                 other=0.0)
+    position = bh.to(tl.int64) * H * W + (gh + dh * q_r) * W + gw + dw * q_c  # in [B, heads, H, W]
+    lse = tl.load(Lse + position, mask=q_ok, other=0.0)
+    delta = tl.load(Delta + position, mask=q_ok, other=0.0)
+    return q, do, lse, delta
+
+
+@triton.jit
 def _scores(q, k, scale, bias, bias_offset, q_r, q_c, k_r, k_c, start_r, start_c, kh, kw, q_ok, k_ok,
             HAS_BIAS: tl.constexpr, TF32: tl.constexpr):
     """Scaled logits ``[M, N]`` of queries ``q`` (``[M, D]``) vs keys ``k`` (``[N, D]``), plus the RPB, and
@@ -155,6 +196,21 @@ def _scores(q, k, scale, bias, bias_offset, q_r, q_c, k_r, k_c, start_r, start_c
     return s, in_window
 
 
+@triton.jit
+def _halo_block(q, q_r, q_c, q_ok, start_r, start_c, kh, kw, bias, bias_offset, scale,
+                K, V, b, h, gh, gw, dh, dw, kr0, kc0, halo_r1, halo_c1, offs_d, d_ok,
+                sk_b, sk_h, sk_r, sk_c, sv_b, sv_h, sv_r, sv_c,
+                HAS_BIAS: tl.constexpr, TF32: tl.constexpr, KR: tl.constexpr, KC: tl.constexpr):
+    """k and v of the ``KR x KC`` block of the halo at ``(kr0, kc0)`` (clipped to the halo's ends) and the
+    scores of the query tile against it with their window mask (``_scores``)."""
+    k_r, k_c, k_ok = _tile_positions(kr0, kc0, halo_r1, halo_c1, KR, KC)
+    k, v = _key_rows(K, V, b, h, gh, gw, dh, dw, k_r, k_c, k_ok, sk_b, sk_h, sk_r, sk_c, sv_b, sv_h, sv_r, sv_c,
+                     offs_d, d_ok)
+    s, in_window = _scores(q, k, scale, bias, bias_offset, q_r, q_c, k_r, k_c, start_r, start_c, kh, kw, q_ok, k_ok,
+                           HAS_BIAS, TF32)
+    return k, v, s, in_window
+
+
 @triton.autotune(configs=_configs(_FORWARD_TILES), key=AUTOTUNE_KEY)
 @triton.jit
 def na2d_forward_kernel(
@@ -165,17 +221,10 @@ def na2d_forward_kernel(
     TH: tl.constexpr, TW: tl.constexpr, KR: tl.constexpr, KC: tl.constexpr,
 ):
     """One program: a ``TH x TW`` query tile; online softmax over its halo; writes out and lse."""
-    bh = tl.program_id(1)
-    b = bh // heads
-    h = bh % heads
-    kh, kw, dh, dw, bias_offset = _head_params(table, h)
-    gh, gw, len_h, len_w, r0, c0, ok = _tile_of_program(tl.program_id(0), H, W, dh, dw, TH, TW)
+    bh, b, h, kh, kw, dh, dw, bias_offset, gh, gw, len_h, len_w, r0, c0, ok = _program(table, heads, H, W, TH, TW)
     if ok:
-        q_r, q_c, q_ok = _tile_positions(r0, c0, len_h, len_w, TH, TW)
-        start_r, start_c, halo_r0, halo_r1, halo_c0, halo_c1 = _query_windows(q_r, q_c, r0, c0, len_h, len_w,
-                                                                              kh, kw, TH, TW)
-        offs_d = tl.arange(0, BLOCK_D)
-        d_ok = offs_d < D
+        q_r, q_c, q_ok, start_r, start_c, halo_r0, halo_r1, halo_c0, halo_c1, offs_d, d_ok = _query_tile(
+            r0, c0, len_h, len_w, kh, kw, D, TH, TW, BLOCK_D)
         q = tl.load(_rows_ptr(Q, b, h, gh, gw, dh, dw, q_r, q_c, sq_b, sq_h, sq_r, sq_c, offs_d),
                     mask=q_ok[:, None] & d_ok[None, :], other=0.0)
 
@@ -184,14 +233,9 @@ def na2d_forward_kernel(
         acc = tl.zeros([TH * TW, BLOCK_D], tl.float32)
         for kr0 in range(halo_r0, halo_r1, KR):
             for kc0 in range(halo_c0, halo_c1, KC):
-                k_r, k_c, k_ok = _tile_positions(kr0, kc0, halo_r1, halo_c1, KR, KC)
-                kv_mask = k_ok[:, None] & d_ok[None, :]
-                k = tl.load(_rows_ptr(K, b, h, gh, gw, dh, dw, k_r, k_c, sk_b, sk_h, sk_r, sk_c, offs_d),
-                            mask=kv_mask, other=0.0)
-                v = tl.load(_rows_ptr(V, b, h, gh, gw, dh, dw, k_r, k_c, sv_b, sv_h, sv_r, sv_c, offs_d),
-                            mask=kv_mask, other=0.0)
-                s, in_window = _scores(q, k, scale, bias, bias_offset, q_r, q_c, k_r, k_c,
-                                       start_r, start_c, kh, kw, q_ok, k_ok, HAS_BIAS, TF32)
+                k, v, s, in_window = _halo_block(q, q_r, q_c, q_ok, start_r, start_c, kh, kw, bias, bias_offset, scale,
+                                                 K, V, b, h, gh, gw, dh, dw, kr0, kc0, halo_r1, halo_c1, offs_d, d_ok,
+                                                 sk_b, sk_h, sk_r, sk_c, sv_b, sv_h, sv_r, sv_c, HAS_BIAS, TF32, KR, KC)
                 s = tl.where(in_window, s, float("-inf"))
                 new_max = tl.maximum(row_max, tl.max(s, 1))
                 shift = tl.where(new_max == float("-inf"), 0.0, new_max)  # no -inf - -inf before a key
@@ -219,43 +263,24 @@ def na2d_backward_dq_kernel(
 ):
     """One program: dQ of a ``TH x TW`` query tile, recomputing the weights over its halo from the lse.
     ``dOut`` and ``dQ`` share the strides ``so_*``."""
-    bh = tl.program_id(1)
-    b = bh // heads
-    h = bh % heads
-    kh, kw, dh, dw, bias_offset = _head_params(table, h)
-    gh, gw, len_h, len_w, r0, c0, ok = _tile_of_program(tl.program_id(0), H, W, dh, dw, TH, TW)
+    bh, b, h, kh, kw, dh, dw, bias_offset, gh, gw, len_h, len_w, r0, c0, ok = _program(table, heads, H, W, TH, TW)
     if ok:
-        q_r, q_c, q_ok = _tile_positions(r0, c0, len_h, len_w, TH, TW)
-        start_r, start_c, halo_r0, halo_r1, halo_c0, halo_c1 = _query_windows(q_r, q_c, r0, c0, len_h, len_w,
-                                                                              kh, kw, TH, TW)
-        offs_d = tl.arange(0, BLOCK_D)
-        d_ok = offs_d < D
-        q_mask = q_ok[:, None] & d_ok[None, :]
-        q = tl.load(_rows_ptr(Q, b, h, gh, gw, dh, dw, q_r, q_c, sq_b, sq_h, sq_r, sq_c, offs_d),
-                    mask=q_mask, other=0.0)
-        do = tl.load(_rows_ptr(dOut, b, h, gh, gw, dh, dw, q_r, q_c, so_b, so_h, so_r, so_c, offs_d),
-                     mask=q_mask, other=0.0)
-        position = bh.to(tl.int64) * H * W + (gh + dh * q_r) * W + gw + dw * q_c
-        lse = tl.load(Lse + position, mask=q_ok, other=0.0)
-        delta = tl.load(Delta + position, mask=q_ok, other=0.0)
-
+        q_r, q_c, q_ok, start_r, start_c, halo_r0, halo_r1, halo_c0, halo_c1, offs_d, d_ok = _query_tile(
+            r0, c0, len_h, len_w, kh, kw, D, TH, TW, BLOCK_D)
         dq = tl.zeros([TH * TW, BLOCK_D], tl.float32)
+        q, do, lse, delta = _query_rows(Q, dOut, Lse, Delta, bh, b, h, gh, gw, dh, dw, q_r, q_c, q_ok, H, W,
+                                        sq_b, sq_h, sq_r, sq_c, so_b, so_h, so_r, so_c, offs_d, d_ok)
         for kr0 in range(halo_r0, halo_r1, KR):
             for kc0 in range(halo_c0, halo_c1, KC):
-                k_r, k_c, k_ok = _tile_positions(kr0, kc0, halo_r1, halo_c1, KR, KC)
-                kv_mask = k_ok[:, None] & d_ok[None, :]
-                k = tl.load(_rows_ptr(K, b, h, gh, gw, dh, dw, k_r, k_c, sk_b, sk_h, sk_r, sk_c, offs_d),
-                            mask=kv_mask, other=0.0)
-                v = tl.load(_rows_ptr(V, b, h, gh, gw, dh, dw, k_r, k_c, sv_b, sv_h, sv_r, sv_c, offs_d),
-                            mask=kv_mask, other=0.0)
-                s, in_window = _scores(q, k, scale, bias, bias_offset, q_r, q_c, k_r, k_c,
-                                       start_r, start_c, kh, kw, q_ok, k_ok, HAS_BIAS, TF32)
+                k, v, s, in_window = _halo_block(q, q_r, q_c, q_ok, start_r, start_c, kh, kw, bias, bias_offset, scale,
+                                                 K, V, b, h, gh, gw, dh, dw, kr0, kc0, halo_r1, halo_c1, offs_d, d_ok,
+                                                 sk_b, sk_h, sk_r, sk_c, sv_b, sv_h, sv_r, sv_c, HAS_BIAS, TF32, KR, KC)
                 p = tl.where(in_window, tl.exp(s - lse[:, None]), 0.0)
                 dp = _dot(do, tl.trans(v), TF32)
                 ds = p * (dp - delta[:, None])
                 dq += _dot(ds.to(k.dtype), k, TF32)
         tl.store(_rows_ptr(dQ, b, h, gh, gw, dh, dw, q_r, q_c, so_b, so_h, so_r, so_c, offs_d),
-                 (dq * scale).to(dQ.dtype.element_ty), mask=q_mask)
+                 (dq * scale).to(dQ.dtype.element_ty), mask=q_ok[:, None] & d_ok[None, :])
 
 
 @triton.autotune(configs=_configs(_BACKWARD_TILES), key=AUTOTUNE_KEY)
@@ -269,20 +294,13 @@ def na2d_backward_dkv_kernel(
 ):
     """One program: dK and dV of a ``TH x TW`` key tile over its inverse neighborhood (the queries whose
     windows contain one of its keys), in ``KR x KC`` query blocks. ``dOut``, ``dK``, ``dV`` share ``so_*``."""
-    bh = tl.program_id(1)
-    b = bh // heads
-    h = bh % heads
-    kh, kw, dh, dw, bias_offset = _head_params(table, h)
-    gh, gw, len_h, len_w, r0, c0, ok = _tile_of_program(tl.program_id(0), H, W, dh, dw, TH, TW)
+    bh, b, h, kh, kw, dh, dw, bias_offset, gh, gw, len_h, len_w, r0, c0, ok = _program(table, heads, H, W, TH, TW)
     if ok:
         k_r, k_c, k_ok = _tile_positions(r0, c0, len_h, len_w, TH, TW)
         offs_d = tl.arange(0, BLOCK_D)
         d_ok = offs_d < D
-        k_mask = k_ok[:, None] & d_ok[None, :]
-        k = tl.load(_rows_ptr(K, b, h, gh, gw, dh, dw, k_r, k_c, sk_b, sk_h, sk_r, sk_c, offs_d),
-                    mask=k_mask, other=0.0)
-        v = tl.load(_rows_ptr(V, b, h, gh, gw, dh, dw, k_r, k_c, sv_b, sv_h, sv_r, sv_c, offs_d),
-                    mask=k_mask, other=0.0)
+        k, v = _key_rows(K, V, b, h, gh, gw, dh, dw, k_r, k_c, k_ok, sk_b, sk_h, sk_r, sk_c, sv_b, sv_h, sv_r, sv_c,
+                         offs_d, d_ok)
         inv_r0, inv_r1 = _inverse_halo(r0, tl.minimum(r0 + TH, len_h) - 1, len_h, kh)
         inv_c0, inv_c1 = _inverse_halo(c0, tl.minimum(c0 + TW, len_w) - 1, len_w, kw)
 
@@ -291,14 +309,8 @@ def na2d_backward_dkv_kernel(
         for qr0 in range(inv_r0, inv_r1, KR):
             for qc0 in range(inv_c0, inv_c1, KC):
                 q_r, q_c, q_ok = _tile_positions(qr0, qc0, inv_r1, inv_c1, KR, KC)
-                q_mask = q_ok[:, None] & d_ok[None, :]
-                q = tl.load(_rows_ptr(Q, b, h, gh, gw, dh, dw, q_r, q_c, sq_b, sq_h, sq_r, sq_c, offs_d),
-                            mask=q_mask, other=0.0)
-                do = tl.load(_rows_ptr(dOut, b, h, gh, gw, dh, dw, q_r, q_c, so_b, so_h, so_r, so_c, offs_d),
-                             mask=q_mask, other=0.0)
-                position = bh.to(tl.int64) * H * W + (gh + dh * q_r) * W + gw + dw * q_c
-                lse = tl.load(Lse + position, mask=q_ok, other=0.0)
-                delta = tl.load(Delta + position, mask=q_ok, other=0.0)
+                q, do, lse, delta = _query_rows(Q, dOut, Lse, Delta, bh, b, h, gh, gw, dh, dw, q_r, q_c, q_ok, H, W,
+                                                sq_b, sq_h, sq_r, sq_c, so_b, so_h, so_r, so_c, offs_d, d_ok)
                 start_r = _window_start(q_r, len_h, kh)
                 start_c = _window_start(q_c, len_w, kw)
                 s, in_window = _scores(q, k, scale, bias, bias_offset, q_r, q_c, k_r, k_c,
@@ -308,6 +320,7 @@ def na2d_backward_dkv_kernel(
                 dp = _dot(do, tl.trans(v), TF32)
                 ds = p * (dp - delta[:, None])
                 dk += _dot(tl.trans(ds).to(q.dtype), q, TF32)
+        k_mask = k_ok[:, None] & d_ok[None, :]
         tl.store(_rows_ptr(dK, b, h, gh, gw, dh, dw, k_r, k_c, so_b, so_h, so_r, so_c, offs_d),
                  (dk * scale).to(dK.dtype.element_ty), mask=k_mask)
         tl.store(_rows_ptr(dV, b, h, gh, gw, dh, dw, k_r, k_c, so_b, so_h, so_r, so_c, offs_d),

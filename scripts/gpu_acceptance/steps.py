@@ -256,25 +256,18 @@ def throughput(run: Run, step: StepRecord, what: str, argv: list[str]) -> list[d
 
 def step_train(run: Run, step: StepRecord) -> None:
     profile = run.profile
-    data = synthetic_dataset(run, step)
-    if data is None:
+    if (setup := _fit_setup(run, step, "gan")) is None:
         return
-    root = run.work / "gan"
-    shutil.rmtree(root, ignore_errors=True)
-    backend = best_backend(run)
+    data, root, trainer, backend = setup
     first, second = _fit_steps(run, profile)
     batch = profile.train_batch
     kimg = [first * batch / 1000, (first + second) * batch / 1000]
     step.data.update(backend=backend, steps=[first, first + second], batch=batch)
     model = {"generator_kwargs": {"backend": backend} if backend != "auto" else {}, "total_kimg": kimg[0],
              "image_snapshot_kimg": kimg[0] if profile.image_grids else None, "export_snapshot_kimg": None}
-    trainer = {"devices": 1, "strategy": "auto", "precision": profile.precision, "default_root_dir": str(root),
-               "log_every_n_steps": 1, "enable_progress_bar": False,
-               "logger": _tensorboard(),
-               "callbacks": [{"class_path": "stylenat.training.callbacks.KimgCheckpoint",
-                              "init_args": {"every_n_kimg": kimg[0]}}]}
+    trainer["callbacks"] = [{"class_path": "stylenat.training.callbacks.KimgCheckpoint",
+                             "init_args": {"every_n_kimg": kimg[0]}}]
     if profile.device == "cpu":
-        trainer["accelerator"] = "cpu"
         model.update(generator=profile.preset, discriminator=profile.preset)
     override = {"trainer": trainer, "model": {"init_args": model},
                 "data": {"init_args": {"path": str(data), "batch_size": batch,  # resolution: the generator's
@@ -373,6 +366,22 @@ def synthetic_dataset(run: Run, step: StepRecord) -> Optional[Path]:
     return data
 
 
+def _fit_setup(run: Run, step: StepRecord, name: str) -> Optional[tuple[Path, Path, dict, str]]:
+    """What steps 6 and 7 start from: the synthetic dataset, their emptied run directory ``work/<name>``, the
+    trainer options they share (one device, the profile's precision, TensorBoard in the run directory, the CPU
+    where the profile runs there) and the backend to train with; None when the dataset could not be made."""
+    data = synthetic_dataset(run, step)
+    if data is None:
+        return None
+    root = run.work / name
+    shutil.rmtree(root, ignore_errors=True)
+    trainer = {"devices": 1, "strategy": "auto", "precision": run.profile.precision, "default_root_dir": str(root),
+               "log_every_n_steps": 1, "enable_progress_bar": False, "logger": _tensorboard()}
+    if run.profile.device == "cpu":
+        trainer["accelerator"] = "cpu"
+    return data, root, trainer, best_backend(run)
+
+
 def _fit_steps(run: Run, profile: Profile) -> tuple[int, int]:
     """Steps before and after the resume: the profile's, or as many (16 to 100 in all) as fit into this step's
     time less a minute (two start-ups, the checks) at half the training speed measured in step 5 (fit also runs
@@ -392,19 +401,11 @@ def _fit_steps(run: Run, profile: Profile) -> tuple[int, int]:
 
 def step_classifier(run: Run, step: StepRecord) -> None:
     profile = run.profile
-    data = synthetic_dataset(run, step)
-    if data is None:
+    if (setup := _fit_setup(run, step, "classifier")) is None:
         return
-    root = run.work / "classifier"
-    shutil.rmtree(root, ignore_errors=True)
-    backend = best_backend(run)
+    data, root, trainer, backend = setup
     overrides = dict(profile.classifier_overrides, **({"backend": backend} if backend != "auto" else {}))
-    trainer = {"devices": 1, "strategy": "auto", "precision": profile.precision, "max_epochs": 2,
-               "default_root_dir": str(root),
-               "log_every_n_steps": 1, "enable_progress_bar": False,
-               "logger": _tensorboard()}
-    if profile.device == "cpu":
-        trainer["accelerator"] = "cpu"
+    trainer["max_epochs"] = 2
     override = {"trainer": trainer,
                 "model": {"init_args": {"model": "nat_mini", "model_overrides": overrides,  # num_classes: the data's
                                         "warmup_epochs": 1}},

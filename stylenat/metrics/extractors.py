@@ -56,6 +56,8 @@ class FeatureExtractor(Protocol):
     name: str         # labels metrics and cache keys; "inception_v3" only for clean-fid's Inception
     mode: str         # the preprocessing protocol (a clean-fid mode, or the extractor's own label)
     feature_dim: int
+    # Optional: ``network`` (an nn.Module holding every weight the features depend on). Its weights key the
+    # cached reference statistics (:func:`extractor_digest`); without it nothing is cached.
 
     def __call__(self, images: Tensor) -> Tensor: ...
 
@@ -83,16 +85,16 @@ def metric_name(kind: str, extractor_name: str, num_samples: int, full_reference
     return f"{base}{count}" + ("_full" if inception and full_reference else "")
 
 
-def extractor_digest(extractor: FeatureExtractor) -> str:
+def extractor_digest(extractor: FeatureExtractor) -> str | None:
     """12 hex digits of a hash of the extractor's network weights (every state-dict entry: name, dtype, shape,
-    bytes), for cache keys; ``"nodigest"`` when the extractor exposes no ``network`` module. Computed once per
-    extractor object."""
+    bytes), for cache keys; ``None`` when the extractor exposes no ``network`` module (its weights are
+    unknown, so statistics computed with it must not be cached). Computed once per extractor object."""
     cached = getattr(extractor, "_weights_digest", None)
     if cached is not None:
         return cached
     network = getattr(extractor, "network", None)
     if not isinstance(network, nn.Module):
-        return "nodigest"
+        return None
     h = hashlib.sha256(b"stylenat-extractor-weights-v1\0")
     for name, tensor in sorted(network.state_dict().items()):
         t = tensor.detach().cpu().contiguous()

@@ -151,7 +151,8 @@ def dataset_reference_stats(dataset: Iterable, *, extractor: FeatureExtractor, f
     (``f"{fingerprint_path(path)}-lanczos"``).
 
     ``fingerprint`` identifies the data (see :func:`~stylenat.metrics.datasets.fingerprint_path`); the
-    cache key adds the resolution, the extractor's mode, name and weights digest, and either ``max_items``
+    cache key adds the resolution, the extractor's mode, name and weights digest (an extractor without a
+    ``network`` module is never cached: its weights could change under the same name), and either ``max_items``
     (the first that many images) or ``subset`` (that many images drawn at random with ``subset_seed``, from a
     map-style dataset); default all. ``resize_filter`` is recorded. Under DDP every rank calls this: they
     agree on a cache hit, otherwise all share the work, and one rank per machine writes the file.
@@ -168,19 +169,20 @@ def dataset_reference_stats(dataset: Iterable, *, extractor: FeatureExtractor, f
         subset_info = {"size": subset, "seed": subset_seed, "fingerprint": subset_fingerprint}
     which = (f"-first{max_items}" if max_items is not None else "") + \
         (f"-random{subset}s{subset_seed}-{subset_info['fingerprint']}" if subset_info else "")
-    key = f"{fingerprint}-{resolution}px-{extractor.mode}-{check_name(extractor.name)}-{extractor_digest(extractor)}"
+    digest = extractor_digest(extractor)  # None: weights unknown, so neither read nor write the cache
+    key = f"{fingerprint}-{resolution}px-{extractor.mode}-{check_name(extractor.name)}-{digest}"
     path = Path(cache_dir or stats_cache_dir()) / f"{key}{which}.npz"
     meta = dict(label=f"dataset-{fingerprint}{which}", extractor=extractor.name, mode=extractor.mode,
                 resolution=resolution, source=source, covers_dataset=max_items is None and subset is None,
                 subset=subset_info, resize_filter=resize_filter)
-    if all_ranks_agree(path.is_file()):
+    if all_ranks_agree(digest is not None and path.is_file()):
         with np.load(path) as f:
             features = f["features"]
             return ReferenceStats(f["mu"], f["sigma"], features, num_images=len(features), **meta)
     features = dataset_features(dataset, extractor, resolution=resolution, batch_size=batch_size,
                                 num_workers=num_workers, max_items=max_items, verbose=verbose)
     mu, sigma = feature_stats(features)
-    if is_local_leader():
+    if digest is not None and is_local_leader():
         with atomic_write(path) as f:
             np.savez(f, mu=mu, sigma=sigma, features=features,
                      meta=np.array(json.dumps({**meta, "fingerprint": fingerprint, "num_images": len(features)})))

@@ -151,7 +151,7 @@ class ClassifierFeatures:
         self.name, self.mode, self.resolution = name, PREPROCESSING, resolution
         self.feature_dim = model.num_features
         self.device = torch.device(device)
-        self.model = model.eval().requires_grad_(False).to(self.device)
+        self.network = model.eval().requires_grad_(False).to(self.device)
 
     def __repr__(self) -> str:
         return f"ClassifierFeatures(name={self.name!r}, mode={self.mode!r}, feature_dim={self.feature_dim})"
@@ -163,13 +163,13 @@ class ClassifierFeatures:
         if x.shape[-2:] != (self.resolution, self.resolution):
             x = F.interpolate(x, size=(self.resolution, self.resolution), mode="bilinear", antialias=True,
                               align_corners=False)
-        return self.model.forward_head(self.model.forward_features(x), pre_logits=True).float()
+        return self.network.forward_head(self.network.forward_features(x), pre_logits=True).float()
 
     @torch.no_grad()
     def class_probabilities(self, features: np.ndarray | Tensor) -> Tensor:
         """Features ``[N, num_features]`` from :meth:`__call__` -> the classifier's softmax ``[N, num_classes]``."""
         features = torch.as_tensor(features, dtype=torch.float32, device=self.device)
-        return self.model.head(features).softmax(dim=1).cpu()
+        return self.network.head(features).softmax(dim=1).cpu()
 
 
 def nat_digits_extractor(mode: str = "clean", device: str | torch.device = "cpu") -> ClassifierFeatures:

@@ -83,6 +83,23 @@ def test_statistics_cache_is_keyed_by_the_extractor_weights(real):
     assert len(list(stats_cache_dir().glob("*.npz"))) == 2
 
 
+def test_statistics_of_an_extractor_without_a_network_are_never_cached(real):
+    class Opaque:  # features from weights the digest cannot see: a cache entry could go stale under its name
+        name, mode, feature_dim = "opaque", "clean", 3
+
+        def __init__(self, scale):
+            self.scale = scale
+
+        def __call__(self, images):
+            return images.float().mean(dim=(2, 3)) * self.scale
+
+    assert extractor_digest(Opaque(1.0)) is None
+    a = path_reference_stats(real, extractor=Opaque(1.0), resolution=RES)
+    b = path_reference_stats(real, extractor=Opaque(2.0), resolution=RES)
+    np.testing.assert_allclose(b.mu, 2 * a.mu)
+    assert not list(stats_cache_dir().glob("*.npz"))
+
+
 def test_named_statistics_state_their_image_count_and_filter():
     folder = stats_cache_dir() / "cleanfid"
     folder.mkdir(parents=True)

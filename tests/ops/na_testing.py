@@ -125,3 +125,15 @@ def assert_dtype_matches_reference(backend, B, heads, H, W, D, kernel, dilation,
     for name, value in expected.items():
         atol = FLOAT32_ATOL[name] if dtype == torch.float32 else HALF_ATOL[dtype] * max(1.0, value.abs().max().item())
         torch.testing.assert_close(got[name], value, rtol=0, atol=atol, msg=f"{backend} {dtype} {name}")
+
+
+def assert_fused_past_32_bit_indexing(backend):
+    """``backend``'s na2d on a GPU on 8 heads x 1280x1920 x head_dim 128 in float16 (2.5e9 elements per tensor),
+    checked against the reference at the far end, where a 32-bit offset would wrap."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, 8, 1280, 1920, 128, device="cuda", generator=gen, dtype=torch.float16) for _ in range(3))
+    assert q.numel() > 2**31
+    out = natten_ops.na2d(q, k, v, 5, 1, backend=backend)
+    tail = [t[:, 7:, 1260:].float() for t in (q, k, v)]  # the top 10 rows of the slice see a cut border
+    expected = natten_ops.na2d(*tail, 5, 1, backend="reference")[:, :, 10:]
+    torch.testing.assert_close(out[:, 7:, 1270:].float(), expected, rtol=0, atol=1e-2)

@@ -12,7 +12,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from na_testing import (CASES, FLOAT32_ATOL, HALF_ATOL, assert_dtype_matches_reference,
-                        assert_head_groups_match_reference, make_inputs, na2d_with_grads, na_problems)
+                        assert_fused_past_32_bit_indexing, assert_head_groups_match_reference, make_inputs,
+                        na2d_with_grads, na_problems)
 
 import natten_ops
 from natten_ops import HeadGroup
@@ -73,14 +74,7 @@ def test_non_contiguous_inputs():
 
 
 def test_past_32_bit_indexing():
-    """8 heads x 1280x1920 x head_dim 128 in float16 (2.5e9 elements per tensor), checked at the far end."""
-    gen = torch.Generator(device=CUDA).manual_seed(0)
-    q, k, v = (torch.randn(1, 8, 1280, 1920, 128, device=CUDA, generator=gen, dtype=torch.float16) for _ in range(3))
-    assert q.numel() > 2**31
-    out = natten_ops.na2d(q, k, v, 5, 1, backend=TRITON)
-    tail = [t[:, 7:, 1260:].float() for t in (q, k, v)]  # the top 10 rows of the slice see a cut border
-    expected = natten_ops.na2d(*tail, 5, 1, backend="reference")[:, :, 10:]
-    torch.testing.assert_close(out[:, 7:, 1270:].float(), expected, rtol=0, atol=1e-2)
+    assert_fused_past_32_bit_indexing(TRITON)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from stylenat.metrics import feature_stats, frechet_distance
+from stylenat.metrics import extractor_digest, feature_stats, frechet_distance
 from stylenat.metrics.readability import readability
 from stylenat.training import nat_digits
 
@@ -68,12 +68,20 @@ def test_extractor_protocol_and_preprocessing(tmp_path):
         nat_digits.nat_digits_extractor(mode="bicubic")
 
 
+def test_cached_statistics_follow_the_classifier_weights(tmp_path):
+    model = nat_digits.cached_digits_classifier(TINY, cache_dir=tmp_path, verbose=False)
+    other = nat_digits.cached_digits_classifier({**TINY, "seed": 1}, cache_dir=tmp_path, verbose=False)
+    digest = extractor_digest(nat_digits.ClassifierFeatures(model, name="nat_digits", resolution=32))
+    assert digest is not None
+    assert digest != extractor_digest(nat_digits.ClassifierFeatures(other, name="nat_digits", resolution=32))
+
+
 @pytest.mark.slow
 def test_default_recipe_is_accurate_and_separates_real_from_corrupted(tmp_path, monkeypatch):
     monkeypatch.setenv("STYLENAT_CACHE", str(tmp_path))
     extractor = nat_digits.nat_digits_extractor()
     test_images, test_labels = nat_digits._split_tensors("test", 32)
-    assert nat_digits.accuracy(extractor.model, test_images, test_labels) >= 0.95
+    assert nat_digits.accuracy(extractor.network, test_images, test_labels) >= 0.95
 
     def stats(images):  # images in [-1, 1] -> uint8 -> features -> (mu, sigma)
         uint8 = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

@@ -2,6 +2,9 @@
 // functions of na2d_elements.h that the CUDA threads call (a team of one lane, an identity team sum).
 // Built with the host compiler, so CI checks the CUDA kernels' math against the reference on machines
 // without a GPU (tests/ops/test_cuda_harness.py). float32 and float64; not meant to be fast.
+// Each entry point mirrors its twin in na2d_cuda.cu on purpose: the same signature (ops.h), the same checks
+// (na2d_problem.h) and outputs, with a loop over positions where CUDA launches a grid; the repeated signatures
+// and preambles are that mirror (a duplicate-code report pairs them), so change both files together.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
@@ -77,7 +80,7 @@ std::vector<Tensor> na2d_backward(const Tensor& dout, const Tensor& q, const Ten
   int64_t batch;
   const Plane p = checked_plane(q, "q", &batch);
   const auto groups = check_na2d_backward(dout, q, k, v, out, lse, group_table, rpbs);
-  const int64_t rows = batch * p.heads * p.height * p.width;
+  const int64_t rows = p.rows(batch);
   Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v), delta = at::empty({rows}, q.options());
   std::vector<Tensor> result{dq, dk, dv};
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "na2d_backward_harness", [&] {

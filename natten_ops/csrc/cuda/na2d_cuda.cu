@@ -81,14 +81,23 @@ __device__ FusedArgs<T> for_head(FusedArgs<T> a, const HeadShape& s, int64_t gro
 // ---------------------------------------------------------------------------------------------
 // Fused kernels
 
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
-fused_forward_kernel(FusedArgs<T> args, T* out, acc_t<T>* lse, HeadShape s, Plane p, GroupPlanes g, int lanes) {
+// The body of a fused kernel that gives each team one position of block (blockIdx.x, blockIdx.y): calls
+// fn(the head's args, the team's position, its team sum); the teams past the plane's end return after the vote.
+template <typename T, typename Fn>
+__device__ __forceinline__ void for_team_position(const FusedArgs<T>& args, const HeadShape& s, const Plane& p,
+                                                  const GroupPlanes& g, int lanes, const Fn& fn) {
   const TeamPosition t(g, p, lanes, blockIdx.x);
   const unsigned mask = __ballot_sync(0xffffffffu, t.valid);
   if (!t.valid) return;
-  fused_forward_query<kSlots>(for_head(args, s, g.group_head(blockIdx.y)), out, lse, s, p, t.plane, t.i, t.j,
-                              t.lane, lanes, TeamSum<acc_t<T>>{mask, lanes});
+  fn(for_head(args, s, g.group_head(blockIdx.y)), t, TeamSum<acc_t<T>>{mask, lanes});
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+fused_forward_kernel(FusedArgs<T> args, T* out, acc_t<T>* lse, HeadShape s, Plane p, GroupPlanes g, int lanes) {
+  for_team_position(args, s, p, g, lanes, [&](const FusedArgs<T>& a, const TeamPosition& t, TeamSum<acc_t<T>> sum) {
+    fused_forward_query<kSlots>(a, out, lse, s, p, t.plane, t.i, t.j, t.lane, lanes, sum);
+  });
 }
 
 // delta[row] = grad_out[row] . out[row]
@@ -137,11 +146,9 @@ fused_grad_query_kernel(FusedArgs<T> args, T* grad_q, acc_t<T>* bias_partial, He
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
 fused_grad_key_kernel(FusedArgs<T> args, T* grad_k, T* grad_v, HeadShape s, Plane p, GroupPlanes g, int lanes) {
-  const TeamPosition t(g, p, lanes, blockIdx.x);
-  const unsigned mask = __ballot_sync(0xffffffffu, t.valid);
-  if (!t.valid) return;
-  fused_grad_key<kSlots>(for_head(args, s, g.group_head(blockIdx.y)), grad_k, grad_v, s, p, t.plane, t.i, t.j,
-                         t.lane, lanes, TeamSum<acc_t<T>>{mask, lanes});
+  for_team_position(args, s, p, g, lanes, [&](const FusedArgs<T>& a, const TeamPosition& t, TeamSum<acc_t<T>> sum) {
+    fused_grad_key<kSlots>(a, grad_k, grad_v, s, p, t.plane, t.i, t.j, t.lane, lanes, sum);
+  });
 }
 
 // grad_bias[h][e] = sum over batch and blocks of partial[b * group_heads + h][block][e], in a fixed order.
@@ -160,50 +167,49 @@ __global__ void bias_partial_reduce_kernel(const acc_t<T>* partial, T* grad_bias
 // ---------------------------------------------------------------------------------------------
 // Unfused kernels: one thread per output element, grid-stride loops over int64 indices.
 
-#define NA_GRID_STRIDE(index, count)                                                              \
-  for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < (count); \
-       index += static_cast<int64_t>(gridDim.x) * blockDim.x)
+// fn(index, plane, i, j, e) for every element `index` of a [rows, per_row] output, grid-stride over int64
+// indices: its row is position (i, j) of `plane`, e its place in the row.
+template <typename Fn>
+__device__ __forceinline__ void for_each_row_element(const Plane& p, int64_t rows, int64_t per_row, const Fn& fn) {
+  for (int64_t index = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; index < rows * per_row;
+       index += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = index / per_row, plane = row / (p.height * p.width), pos = row % (p.height * p.width);
+    fn(index, plane, pos / p.width, pos % p.width, index % per_row);
+  }
+}
 
 // attn[row, u] = q[row] . k[key(u)] + bias
 template <typename T>
 __global__ void qk_kernel(const T* q, const T* k, const T* bias, T* attn, HeadShape s, Plane p, int64_t rows) {
-  const int64_t area = s.kernel_area();
-  NA_GRID_STRIDE(index, rows * area) {
-    const int64_t row = index / area, plane = row / (p.height * p.width), pos = row % (p.height * p.width);
+  for_each_row_element(p, rows, s.kernel_area(), [&](int64_t index, int64_t plane, int64_t i, int64_t j, int64_t u) {
     const T* head_bias = bias ? bias + (plane % p.heads) * s.bias_area() : nullptr;
-    attn[index] = static_cast<T>(qk_element(q, k, head_bias, s, p, plane, pos / p.width, pos % p.width, index % area));
-  }
+    attn[index] = static_cast<T>(qk_element(q, k, head_bias, s, p, plane, i, j, u));
+  });
 }
 
 // out[row, d] = sum_u weights[row, u] * x[key(u), d]    (na2d_av forward; na2d_qk backward dQ)
 template <typename T>
 __global__ void window_sum_kernel(const T* weights, const T* x, T* out, HeadShape s, Plane p, int64_t rows) {
-  NA_GRID_STRIDE(index, rows * p.dim) {
-    const int64_t row = index / p.dim, plane = row / (p.height * p.width), pos = row % (p.height * p.width);
-    out[index] = static_cast<T>(window_sum(weights, x, s, p, plane, pos / p.width, pos % p.width, index % p.dim));
-  }
+  for_each_row_element(p, rows, p.dim, [&](int64_t index, int64_t plane, int64_t i, int64_t j, int64_t d) {
+    out[index] = static_cast<T>(window_sum(weights, x, s, p, plane, i, j, d));
+  });
 }
 
 // out[key, d] = sum over queries attending key of weights[query, slot] * x[query, d]
 //   (na2d_av backward dV; na2d_qk backward dK)
 template <typename T>
 __global__ void inverse_window_sum_kernel(const T* weights, const T* x, T* out, HeadShape s, Plane p, int64_t rows) {
-  NA_GRID_STRIDE(index, rows * p.dim) {
-    const int64_t row = index / p.dim, plane = row / (p.height * p.width), pos = row % (p.height * p.width);
-    out[index] = static_cast<T>(
-        inverse_window_sum(weights, x, s, p, plane, pos / p.width, pos % p.width, index % p.dim));
-  }
+  for_each_row_element(p, rows, p.dim, [&](int64_t index, int64_t plane, int64_t i, int64_t j, int64_t d) {
+    out[index] = static_cast<T>(inverse_window_sum(weights, x, s, p, plane, i, j, d));
+  });
 }
 
 // grad_attn[row, u] = grad_out[row] . v[key(u)]
 template <typename T>
 __global__ void av_grad_attn_kernel(const T* grad_out, const T* v, T* grad_attn, HeadShape s, Plane p, int64_t rows) {
-  const int64_t area = s.kernel_area();
-  NA_GRID_STRIDE(index, rows * area) {
-    const int64_t row = index / area, plane = row / (p.height * p.width), pos = row % (p.height * p.width);
-    grad_attn[index] = static_cast<T>(
-        av_grad_attn_element(grad_out, v, s, p, plane, pos / p.width, pos % p.width, index % area));
-  }
+  for_each_row_element(p, rows, s.kernel_area(), [&](int64_t index, int64_t plane, int64_t i, int64_t j, int64_t u) {
+    grad_attn[index] = static_cast<T>(av_grad_attn_element(grad_out, v, s, p, plane, i, j, u));
+  });
 }
 
 // grad_bias[h, e]: one block per (head, entry), a strided sum over (b, i, j) and a fixed-order tree.
@@ -243,6 +249,13 @@ Plane checked_plane(const Tensor& x, const char* name, int64_t* batch) {
   return p;
 }
 
+// Makes x's device current while it lives; `stream`: that device's current stream.
+struct CurrentDevice {
+  explicit CurrentDevice(const Tensor& x) : guard(x.device()), stream(c10::cuda::getCurrentCUDAStream()) {}
+  const c10::cuda::CUDAGuard guard;
+  const cudaStream_t stream;
+};
+
 at::TensorOptions acc_options(const Tensor& x) { return x.options().dtype(acc_scalar_type(x)); }
 
 template <typename T>
@@ -264,15 +277,14 @@ std::vector<Tensor> na2d_forward(const Tensor& q, const Tensor& k, const Tensor&
   const Plane p = checked_plane(q, "q", &batch);
   TORCH_CHECK(p.dim <= kMaxHeadDim, "natten_ops cuda: head_dim must be <= ", kMaxHeadDim, ", got ", p.dim);
   const auto groups = check_na2d(q, k, v, group_table, rpbs);
-  const c10::cuda::CUDAGuard guard(q.device());
-  const auto stream = c10::cuda::getCurrentCUDAStream();
+  const CurrentDevice device(q);
   Tensor out = at::empty_like(q);
   Tensor lse = at::empty({batch, p.heads, p.height, p.width}, acc_options(q));
   const int lanes = team_lanes(p.dim);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "na2d_forward_cuda", [&] {
     for (const GroupSpec& g : groups) {
       const dim3 grid = plane_grid(p.height * p.width, kThreads / lanes, batch * g.heads());
-      fused_forward_kernel<scalar_t><<<grid, kThreads, 0, stream>>>(
+      fused_forward_kernel<scalar_t><<<grid, kThreads, 0, device.stream>>>(
           fused_args<scalar_t>(q, k, v, g, scale), out.data_ptr<scalar_t>(), lse.data_ptr<acc_t<scalar_t>>(),
           g.shape, p, planes_of(g, p), lanes);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -288,16 +300,15 @@ std::vector<Tensor> na2d_backward(const Tensor& dout, const Tensor& q, const Ten
   const Plane p = checked_plane(q, "q", &batch);
   TORCH_CHECK(p.dim <= kMaxHeadDim, "natten_ops cuda: head_dim must be <= ", kMaxHeadDim, ", got ", p.dim);
   const auto groups = check_na2d_backward(dout, q, k, v, out, lse, group_table, rpbs);
-  const c10::cuda::CUDAGuard guard(q.device());
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t rows = batch * p.heads * p.height * p.width;
+  const CurrentDevice device(q);
+  const int64_t rows = p.rows(batch);
   Tensor dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
   Tensor delta = at::empty({rows}, acc_options(q));
   std::vector<Tensor> result{dq, dk, dv};
   const int lanes = team_lanes(p.dim), teams = kThreads / lanes;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "na2d_backward_cuda", [&] {
     using Acc = acc_t<scalar_t>;
-    delta_kernel<scalar_t><<<stride_blocks(rows), kThreads, 0, stream>>>(
+    delta_kernel<scalar_t><<<stride_blocks(rows), kThreads, 0, device.stream>>>(
         dout.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), delta.data_ptr<Acc>(), rows, p.dim);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     for (const GroupSpec& g : groups) {
@@ -314,16 +325,16 @@ std::vector<Tensor> na2d_backward(const Tensor& dout, const Tensor& q, const Ten
         TORCH_CHECK(shared <= 48 * 1024, "natten_ops cuda: the bias gradient of a ", g.shape.kernel_h, "x",
                     g.shape.kernel_w, " kernel needs more shared memory than one block has; use backend='flex'");
       }
-      fused_grad_query_kernel<scalar_t><<<query_grid, kThreads, shared, stream>>>(
+      fused_grad_query_kernel<scalar_t><<<query_grid, kThreads, shared, device.stream>>>(
           a, dq.data_ptr<scalar_t>(), g.bias.defined() ? partial.data_ptr<Acc>() : nullptr, g.shape, p,
           planes_of(g, p), lanes);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       const dim3 key_grid = plane_grid(p.height * p.width, teams, batch * g.heads());
-      fused_grad_key_kernel<scalar_t><<<key_grid, kThreads, 0, stream>>>(
+      fused_grad_key_kernel<scalar_t><<<key_grid, kThreads, 0, device.stream>>>(
           a, dk.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), g.shape, p, planes_of(g, p), lanes);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (g.bias.defined()) {
-        bias_partial_reduce_kernel<scalar_t><<<stride_blocks(g.heads() * area), kThreads, 0, stream>>>(
+        bias_partial_reduce_kernel<scalar_t><<<stride_blocks(g.heads() * area), kThreads, 0, device.stream>>>(
             partial.data_ptr<Acc>(), grad_bias.data_ptr<scalar_t>(), batch, g.heads(), query_grid.x, area);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
@@ -337,13 +348,12 @@ Tensor na2d_qk_forward(const Tensor& q, const Tensor& k, const Tensor& group_tab
   int64_t batch;
   const Plane p = checked_plane(q, "q", &batch);
   const GroupSpec g = check_na2d_qk(q, k, group_table, rpb);
-  const c10::cuda::CUDAGuard guard(q.device());
-  const int64_t rows = batch * p.heads * p.height * p.width;
+  const CurrentDevice device(q);
   Tensor attn = at::empty({batch, p.heads, p.height, p.width, g.shape.kernel_area()}, q.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "na2d_qk_forward_cuda", [&] {
-    qk_kernel<scalar_t><<<stride_blocks(attn.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    qk_kernel<scalar_t><<<stride_blocks(attn.numel()), kThreads, 0, device.stream>>>(
         q.data_ptr<scalar_t>(), k.data_ptr<scalar_t>(), g.bias.defined() ? g.bias.data_ptr<scalar_t>() : nullptr,
-        attn.data_ptr<scalar_t>(), g.shape, p, rows);
+        attn.data_ptr<scalar_t>(), g.shape, p, p.rows(batch));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return attn;
@@ -354,22 +364,20 @@ std::vector<Tensor> na2d_qk_backward(const Tensor& dattn, const Tensor& q, const
   int64_t batch;
   const Plane p = checked_plane(q, "q", &batch);
   const GroupSpec g = check_na2d_qk_backward(dattn, q, k, group_table);
-  const c10::cuda::CUDAGuard guard(q.device());
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t rows = batch * p.heads * p.height * p.width;
+  const CurrentDevice device(q);
   Tensor dq = at::empty_like(q), dk = at::empty_like(k);
   Tensor drpb = has_rpb ? at::empty({p.heads, 2 * g.shape.kernel_h - 1, 2 * g.shape.kernel_w - 1}, q.options())
                         : at::empty({0}, q.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "na2d_qk_backward_cuda", [&] {
     const scalar_t* weights = dattn.data_ptr<scalar_t>();
-    window_sum_kernel<scalar_t><<<stride_blocks(dq.numel()), kThreads, 0, stream>>>(
-        weights, k.data_ptr<scalar_t>(), dq.data_ptr<scalar_t>(), g.shape, p, rows);
+    window_sum_kernel<scalar_t><<<stride_blocks(dq.numel()), kThreads, 0, device.stream>>>(
+        weights, k.data_ptr<scalar_t>(), dq.data_ptr<scalar_t>(), g.shape, p, p.rows(batch));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    inverse_window_sum_kernel<scalar_t><<<stride_blocks(dk.numel()), kThreads, 0, stream>>>(
-        weights, q.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), g.shape, p, rows);
+    inverse_window_sum_kernel<scalar_t><<<stride_blocks(dk.numel()), kThreads, 0, device.stream>>>(
+        weights, q.data_ptr<scalar_t>(), dk.data_ptr<scalar_t>(), g.shape, p, p.rows(batch));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (has_rpb) {
-      bias_grad_kernel<scalar_t><<<static_cast<unsigned>(drpb.numel()), kThreads, 0, stream>>>(
+      bias_grad_kernel<scalar_t><<<static_cast<unsigned>(drpb.numel()), kThreads, 0, device.stream>>>(
           weights, drpb.data_ptr<scalar_t>(), g.shape, p, batch);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
@@ -381,12 +389,11 @@ Tensor na2d_av_forward(const Tensor& attn, const Tensor& v, const Tensor& group_
   int64_t batch;
   const Plane p = checked_plane(v, "v", &batch);
   const GroupSpec g = check_na2d_av(attn, v, group_table);
-  const c10::cuda::CUDAGuard guard(v.device());
+  const CurrentDevice device(v);
   Tensor out = at::empty_like(v);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "na2d_av_forward_cuda", [&] {
-    window_sum_kernel<scalar_t><<<stride_blocks(out.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        attn.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), g.shape, p,
-        batch * p.heads * p.height * p.width);
+    window_sum_kernel<scalar_t><<<stride_blocks(out.numel()), kThreads, 0, device.stream>>>(
+        attn.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), g.shape, p, p.rows(batch));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -397,16 +404,14 @@ std::vector<Tensor> na2d_av_backward(const Tensor& dout, const Tensor& attn, con
   int64_t batch;
   const Plane p = checked_plane(v, "v", &batch);
   const GroupSpec g = check_na2d_av_backward(dout, attn, v, group_table);
-  const c10::cuda::CUDAGuard guard(v.device());
-  const auto stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t rows = batch * p.heads * p.height * p.width;
+  const CurrentDevice device(v);
   Tensor dattn = at::empty_like(attn), dv = at::empty_like(v);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, v.scalar_type(), "na2d_av_backward_cuda", [&] {
-    av_grad_attn_kernel<scalar_t><<<stride_blocks(dattn.numel()), kThreads, 0, stream>>>(
-        dout.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), dattn.data_ptr<scalar_t>(), g.shape, p, rows);
+    av_grad_attn_kernel<scalar_t><<<stride_blocks(dattn.numel()), kThreads, 0, device.stream>>>(
+        dout.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), dattn.data_ptr<scalar_t>(), g.shape, p, p.rows(batch));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    inverse_window_sum_kernel<scalar_t><<<stride_blocks(dv.numel()), kThreads, 0, stream>>>(
-        attn.data_ptr<scalar_t>(), dout.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), g.shape, p, rows);
+    inverse_window_sum_kernel<scalar_t><<<stride_blocks(dv.numel()), kThreads, 0, device.stream>>>(
+        attn.data_ptr<scalar_t>(), dout.data_ptr<scalar_t>(), dv.data_ptr<scalar_t>(), g.shape, p, p.rows(batch));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {dattn, dv};
