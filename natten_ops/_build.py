@@ -19,7 +19,16 @@ Cache folder: ``$NATTEN_OPS_CACHE`` or ``~/.cache/natten_ops``.
 The CPU kernels are built with ``-fopenmp`` so ``at::parallel_for`` runs on torch's intra-op threads
 (``torch.set_num_threads``). Only the compile step gets the flag: the module does not link an OpenMP
 runtime of its own, its ``GOMP_*`` symbols resolve to the one libtorch_cpu already loaded.
-``NATTEN_OPS_PORTABLE=1`` selects the portable build (no AVX-512: the kernels a laptop runs).
+``-fno-trapping-math`` (no program here reads the floating-point exception flags; values, NaN and Inf
+are unchanged) lets the compiler turn the selects of ``exp_nonpositive`` into vector blends, so the
+portable kernels' loops over it vectorise.
+
+``NATTEN_OPS_PORTABLE=1`` selects the portable build: the kernels a processor without AVX-512 (most
+laptops) runs, compiled as for one. On x86 it adds ``-mno-avx512f`` to ``-march=native`` (which also
+drops every AVX-512 extension), so on an AVX-512 machine it is the AVX2 + FMA code a laptop of the
+same generation gets, not code auto-vectorised with AVX-512; elsewhere (aarch64: NEON) the flags are
+the default build's. ``-DNATTEN_OPS_PORTABLE`` leaves the tiled AVX-512 kernels out. The flags are part
+of the cache key, so each build has its own entry.
 """
 
 from __future__ import annotations
@@ -60,12 +69,13 @@ class Extension:
 
 
 _CPU_SOURCES = ("cpu/entry_points.cpp", "cpu/bindings.cpp")
-_CPU_CFLAGS = ("-O3", "-march=native", "-fopenmp")
+_CPU_CFLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-trapping-math")
 
 # The CPU kernels: the AVX-512 tiled kernels where the processor has AVX-512, else the portable ones.
 CPU_EXTENSION = Extension(name="natten_ops_cpu", sources=_CPU_SOURCES, cflags=_CPU_CFLAGS)
 
-# The portable kernels only, compiled as for a processor without AVX-512 (x86: AVX2 at most).
+# The portable kernels only, compiled as for a processor without AVX-512 (x86: -march=native less
+# AVX-512, i.e. AVX2 + FMA on current processors; other architectures: the default flags).
 PORTABLE_CPU_EXTENSION = Extension(
     name="natten_ops_cpu_portable",
     sources=_CPU_SOURCES,

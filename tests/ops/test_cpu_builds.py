@@ -3,6 +3,8 @@ torch.set_num_threads, and the portable build (NATTEN_OPS_PORTABLE=1) computes w
 
 import json
 import os
+import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -68,6 +70,48 @@ def test_portable_switch_selects_the_portable_build(monkeypatch):
     assert _build.load(_build.PORTABLE_CPU_EXTENSION).kernel_variant() == "portable"
 
 
+def test_portable_build_is_compiled_without_avx512():
+    """On x86 the portable build is what a processor without AVX-512 runs (AVX2 at most), even on one that
+    has it; elsewhere it is compiled like the default build."""
+    isa = {name: _build.load(ext).vector_isa() for name, ext in BUILDS.items()}
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert isa["portable"] != "avx512", isa
+        if "avx512f" in _build._cpu_flags().split():
+            assert isa == {"default": "avx512", "portable": "avx2"}
+    else:
+        assert isa["portable"] == isa["default"], isa
+
+
+# x86 intrinsics: their headers, vector types and functions (_mm_*, _mm256_*, _mm512_*).
+X86_INTRINSICS = re.compile(r"#\s*include\s*<\w*intrin\.h>|\b__m(64|128|256|512)[di]?\b|\b_mm\d*_\w+")
+AVX512_GUARD = "#if defined(__AVX512F__)"
+
+
+def outside_avx512_guard(text):
+    """The lines of a C++ source outside its ``#if defined(__AVX512F__) ... #endif`` blocks (nesting followed)."""
+    kept, depth = [], 0  # depth > 0: inside a guarded block, counting the #if's opened in it
+    for line in text.splitlines():
+        directive = line.strip()
+        if depth:
+            depth += directive.startswith("#if") - directive.startswith("#endif")
+        elif directive.startswith(AVX512_GUARD):
+            depth = 1
+        else:
+            kept.append(line)
+    return kept
+
+
+def test_cpu_sources_hold_no_x86_intrinsics_outside_the_avx512_guard():
+    """What an aarch64 (or any non-AVX-512) compiler sees of the CPU kernels is free of x86 intrinsics: the
+    portable kernels rely on the compiler's vectoriser and generic vector types only."""
+    sources = sorted((_build.CSRC / "cpu").iterdir()) + sorted(_build.CSRC.glob("*.h"))
+    found = [f"{path.name}: {line.strip()}" for path in sources for line in outside_avx512_guard(path.read_text())
+             if X86_INTRINSICS.search(line)]
+    assert not found, found
+    guarded = (_build.CSRC / "cpu" / "tiled_kernels.h").read_text()
+    assert X86_INTRINSICS.search(guarded) and not any(map(X86_INTRINSICS.search, outside_avx512_guard(guarded)))
+
+
 @pytest.mark.parametrize("shape", [  # (B, heads, H, W, D, kernel, dilation): StyleNAT-like stages
     (4, 4, 16, 16, 32, (7, 7), (2, 2)),
     (1, 2, 40, 36, 16, (7, 7), (4, 1)),
@@ -95,13 +139,15 @@ AARCH64_CXX = "aarch64-linux-gnu-g++"
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which(AARCH64_CXX) is None, reason=f"no {AARCH64_CXX} (apt-get install g++-aarch64-linux-gnu)")
 @pytest.mark.parametrize("source", _build.CPU_EXTENSION.sources)
-def test_cpu_kernels_compile_for_aarch64(source):
-    """The portable kernels hold no x86 intrinsics: the CPU sources compile for aarch64 (ARM laptops)."""
+def test_cpu_kernels_compile_for_aarch64(source, tmp_path):
+    """The CPU sources compile for aarch64 (ARM laptops), code generation included, with the portable
+    build's flags (less the native target: a cross compiler has none)."""
     from torch.utils.cpp_extension import include_paths
 
     includes = [f"-I{_build.CSRC}", *(f"-isystem{p}" for p in include_paths()),
                 f"-isystem{sysconfig.get_paths()['include']}"]
-    result = subprocess.run([AARCH64_CXX, "-std=c++20", "-O2", "-fopenmp", "-fsyntax-only",
+    flags = [f for f in _build.PORTABLE_CPU_EXTENSION.cflags if not f.startswith(("-march", "-mno-"))]
+    result = subprocess.run([AARCH64_CXX, "-std=c++20", *flags, "-c", "-o", str(tmp_path / "out.o"),
                              "-DTORCH_EXTENSION_NAME=natten_ops_cpu", *includes, str(_build.CSRC / source)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-4000:]

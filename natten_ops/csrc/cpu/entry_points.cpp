@@ -50,7 +50,6 @@ std::vector<Tensor> fused_backward_any(const Tensor& dout, const Tensor& q, cons
       });
   }
 #endif
-  for (Tensor* grad : {&dq, &dk, &dv}) grad->zero_();  // the portable kernels accumulate
   return with_bias_partials(p.height, groups, bias, p, q.options(), [&](T* partial, int64_t) {
     dispatch_head_dim<T>(p.dim, [&](auto dim) {
       fused_backward<T, dim()>(dout, q, k, v, out, lse, dq, dk, dv, partial, groups, bias, p, scale);
@@ -169,6 +168,20 @@ std::string kernel_variant() {
   return "avx512-tiled";
 #else
   return "portable";
+#endif
+}
+
+// The widest vector instruction set the compiler could use in this build: "avx512", "avx2", "neon" or
+// "scalar" (tests check that the portable build on x86 is compiled without AVX-512).
+std::string vector_isa() {
+#if defined(__AVX512F__)
+  return "avx512";
+#elif defined(__AVX2__)
+  return "avx2";
+#elif defined(__ARM_NEON)
+  return "neon";
+#else
+  return "scalar";
 #endif
 }
 

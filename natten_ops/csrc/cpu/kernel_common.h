@@ -117,16 +117,15 @@ struct Groups {
   }
   int64_t count() const { return static_cast<int64_t>(begin.size()); }
   const HeadShape& first_head(int64_t g) const { return heads[begin[g]]; }
-  int64_t max_kernel_area() const {
-    int64_t area = 0;
-    for (const auto& s : heads) area = std::max(area, s.kernel_area());
-    return area;
+  // The largest fn(shape) over the heads.
+  template <typename Fn>
+  int64_t max_over(const Fn& fn) const {
+    int64_t most = 0;
+    for (const auto& s : heads) most = std::max(most, fn(s));
+    return most;
   }
-  int64_t max_bias_area() const {
-    int64_t area = 0;
-    for (const auto& s : heads) area = std::max(area, s.bias_area());
-    return area;
-  }
+  int64_t max_kernel_area() const { return max_over([](const HeadShape& s) { return s.kernel_area(); }); }
+  int64_t max_bias_area() const { return max_over([](const HeadShape& s) { return s.bias_area(); }); }
 };
 
 
