@@ -5,7 +5,7 @@
     python scripts/bench_natten.py --device cuda --dtype bfloat16,float32 --batch-scale 2 --highres
 
 Prints, per shape (B, heads, H=W, head_dim, kernel, dilation): forward and forward+backward time (median
-of --repeats after warm-up), peak memory, achieved GFLOP/s (forward counts 4*B*heads*H*W*k*k*D flops:
+of --repeats after warm-up, and of at least half a second of runs), peak memory, achieved GFLOP/s (forward counts 4*B*heads*H*W*k*k*D flops:
 q.k and attn.v, a multiply and an add each; forward+backward 3.5 times that), on CUDA the TFLOP/s of every
 backend, and the speed-ups of the first backend over the others.
 Ratios are measured in this run, on this machine; they are the figures the README quotes. On the CPU the
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 import natten_ops
 from stylenat.profiling import median_seconds, peak_memory_bytes
 
+MIN_SECONDS = 0.5  # each median rests on at least this much timed work (hundreds of runs for a millisecond call)
 STYLENAT_SHAPES = [  # (B, heads, H=W, head_dim, kernel, dilation): the generator's Hydra-NA stages
     (4, 16, 16, 32, 7, 2),
     (4, 16, 32, 32, 7, 4),
@@ -70,7 +71,7 @@ def run_case(backend: str, shape, device, dtype, repeats: int, backward: bool):
         return out
 
     with torch.set_grad_enabled(backward):
-        seconds = median_seconds(step, device, repeats)
+        seconds = median_seconds(step, device, repeats, warmup=2, min_seconds=MIN_SECONDS)
         try:
             memory = peak_memory_bytes(step, device)
         except MemoryError:  # the CPU profiler's event list can outgrow memory on the largest shapes

@@ -19,12 +19,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` runs after ``warmup`` runs (GPU work synchronised)."""
+def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int = 5, warmup: int = 1,
+                   min_seconds: float = 0.0) -> float:
+    """Median wall time of ``fn()`` over at least ``repeats`` runs after ``warmup`` runs (GPU work synchronised),
+    running on until the timed runs add up to ``min_seconds``: a millisecond call's median then rests on
+    enough runs to ride out a scheduler tick or a page-fault burst."""
     for _ in range(warmup):
         fn()
     times = []
-    for _ in range(repeats):
+    while len(times) < repeats or sum(times) < min_seconds:
         _sync(device)
         start = time.perf_counter()
         fn()

@@ -61,6 +61,21 @@ def test_stable_seconds_times_until_the_last_runs_agree(monkeypatch):
     assert not profiling.stable_seconds(step, torch.device("cpu"), window=2, max_runs=6).stable
 
 
+def test_median_seconds_runs_until_the_minimum_time_is_spent(monkeypatch):
+    calls, clock = [0], [0.0]
+
+    def step():  # every run takes 10 ms of the fake clock
+        calls[0] += 1
+        clock[0] += 0.01
+
+    monkeypatch.setattr(profiling.time, "perf_counter", lambda: clock[0])
+    assert profiling.median_seconds(step, torch.device("cpu"), repeats=3, warmup=2) == pytest.approx(0.01)
+    assert calls[0] == 2 + 3  # the default asks for no minimum time
+    calls[0] = 0
+    profiling.median_seconds(step, torch.device("cpu"), repeats=3, warmup=2, min_seconds=0.095)
+    assert calls[0] == 2 + 10
+
+
 def test_throughput_compares_eager_and_compiled(capsys):
     assert main(["throughput", "--preset", "demo", "--batch", "2", "--repeats", "1", "--max-runs", "1",
                  "--backends", "cpu", "--compile", "aot_eager"]) == 0
