@@ -21,6 +21,7 @@ class CountingExtractor:
     def __init__(self, inner):
         self.inner, self.seen = inner, 0
         self.name, self.mode, self.feature_dim = inner.name, inner.mode, inner.feature_dim
+        self.network = inner.network  # its weights key the cache
 
     def __call__(self, images):
         self.seen += len(images)
