@@ -5,9 +5,9 @@
     python scripts/bench_natten.py --device cuda --dtype bfloat16,float32 --batch-scale 2 --highres
 
 Prints, per shape (B, heads, H=W, head_dim, kernel, dilation): forward and forward+backward time (median
-of --repeats after warm-up, and of at least half a second of runs), peak memory, achieved GFLOP/s (forward counts 4*B*heads*H*W*k*k*D flops:
-q.k and attn.v, a multiply and an add each; forward+backward 3.5 times that), on CUDA the TFLOP/s of every
-backend, and the speed-ups of the first backend over the others.
+of --repeats after warm-up, and of at least half a second of runs), peak memory, achieved GFLOP/s
+(forward counts 4*B*heads*H*W*k*k*D flops: q.k and attn.v, a multiply and an add each; forward+backward
+3.5 times that), on CUDA the TFLOP/s of every backend, and the speed-ups of the first backend over the others.
 Ratios are measured in this run, on this machine; they are the figures the README quotes. On the CPU the
 first backend is also timed on one thread (``torch.set_num_threads(1)``): the "1-thread ms" column and the
 N-thread speed-up show that the kernels use every intra-op thread (``--no-scaling`` skips it); the header
