@@ -8,7 +8,7 @@
 Progress is the LightningModule's ``cur_nimg`` (real images shown to D), not the global step. Each time
 it passes a multiple of ``every_kimg`` thousand, ``num_samples_during`` images of ``pl_module.G_ema``
 (seeds ``seed + i``, truncation ``truncation``) are measured against the reference statistics; at the end
-of training, ``num_samples_final`` of them. Every rank takes part (the metrics package shares the
+of training, ``num_samples_final`` of them (unless the last periodic evaluation measured the same images). Every rank takes part (the metrics package shares the
 sampling out under DDP and gathers the features). Each record is logged to the trainer's loggers as
 ``metrics/<name>`` at the global step and appended (rank 0) to ``<run_dir>/metric-<name>.jsonl`` with its
 full protocol. With ``monitor_best``, whenever the first configured metric of a periodic evaluation
@@ -113,6 +113,7 @@ class MetricsCallback(Callback):
         self.best = math.inf
         self.run_id = new_run_id()
         self._tick = 0  # evaluations happen when cur_nimg // every_nimg passes this
+        self._last_measured: tuple[int, int] | None = None  # (cur_nimg, num_samples) of the last evaluation
         self._extractor: FeatureExtractor | None = None
         self._reference: ReferenceStats | None = None
 
@@ -154,7 +155,7 @@ class MetricsCallback(Callback):
                 trainer.save_checkpoint(self.best_path)  # every rank calls it; the strategy writes once
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.num_samples_final:
+        if self.num_samples_final and self._last_measured != (int(pl_module.cur_nimg), self.num_samples_final):
             self.evaluate(trainer, pl_module, self.num_samples_final)
 
     def evaluate(self, trainer: Trainer, pl_module: LightningModule, num_samples: int) -> list[dict]:
@@ -181,6 +182,7 @@ class MetricsCallback(Callback):
                                          run_dir=self.run_dir, protocol=self.settings.protocol, run_id=self.run_id)
         finally:
             G.train(was_training)
+        self._last_measured = (int(pl_module.cur_nimg), num_samples)
         logged = {f"metrics/{r['metric']}": r["value"] for r in records}
         logged.update({f"metrics/{r['metric']}_relative": r["relative"] for r in records
                        if r.get("relative") is not None})

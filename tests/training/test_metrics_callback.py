@@ -121,6 +121,35 @@ def test_best_checkpoint_only_when_the_metric_improves(monkeypatch, tmp_path):
     assert len(saved) == 2 and resumed.best == 3.0 and len(logged) == 4
 
 
+@pytest.mark.parametrize("total_nimg, num_samples_final, expected", [
+    (2000, 10, [(1000, 10), (2000, 10)]),  # the periodic evaluation at the end already measured these samples
+    (2000, 20, [(1000, 10), (2000, 10), (2000, 20)]),  # more samples at the end: measured again
+    (2500, 10, [(1000, 10), (2000, 10), (2500, 10)]),  # the end falls between evaluations
+])
+def test_final_evaluation_is_not_a_repeat_of_the_last_one(monkeypatch, tmp_path, total_nimg, num_samples_final,
+                                                          expected):
+    measured = []
+
+    def fake_evaluate(generator, reference, *, num_samples, cur_nimg, **kwargs):
+        measured.append((cur_nimg, num_samples))
+        return [{"metric": f"fd_tiny{num_samples}", "value": 1.0, "extractor": "tiny"}]
+
+    monkeypatch.setattr(metrics_callback, "evaluate_generator", fake_evaluate)
+    monkeypatch.setattr(metrics_callback, "build_reference",
+                        lambda *args, **kwargs: SimpleNamespace(covers_dataset=False))
+    trainer = SimpleNamespace(global_step=0, datamodule=None, is_global_zero=True, save_checkpoint=lambda path: None,
+                              loggers=[])
+    module = SimpleNamespace(G_ema=create_generator("demo"), cur_nimg=0, device=torch.device("cpu"))
+    callback = MetricsCallback(every_kimg=1, num_samples_during=10, num_samples_final=num_samples_final,
+                               ref_data="unused", extractor=tiny_extractor(), run_dir=str(tmp_path))
+    callback.on_train_start(trainer, module)
+    for cur_nimg in range(500, total_nimg + 1, 500):
+        module.cur_nimg = cur_nimg
+        callback.on_train_batch_end(trainer, module, None, None, 0)
+    callback.on_train_end(trainer, module)
+    assert measured == expected
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(metrics=["fid", "is"], ref_data="d"), "metrics must be distinct entries"),
     (dict(metrics=[], ref_data="d"), "metrics must be distinct entries"),
