@@ -42,12 +42,16 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float,
     if not 0.0 <= decay <= 1.0:
         raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
     fold = fold or {}
+    averages, targets = [], []
     for (name, ema_p), p in zip(ema.named_parameters(), model.parameters(), strict=True):
         target = p.detach()
         if name in fold:
             scale, shift = fold[name]
             target = target * scale + shift
-        ema_p.lerp_(target, 1.0 - decay)
+        averages.append(ema_p)
+        targets.append(target)
+    if averages:  # one multi-tensor lerp: a few hundred small tensors cost one call, not one each
+        torch._foreach_lerp_(averages, targets, 1.0 - decay)
     for ema_b, b in zip(ema.buffers(), model.buffers(), strict=True):
         ema_b.copy_(b)
 

@@ -203,9 +203,11 @@ class StyleNATGAN(L.LightningModule):
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         """``[Adam(G), Adam(D)]``; D's lr and betas adjusted by ``r1_ratio``. The lrs are then set per step."""
         hp = self.hparams
-        opt_g = torch.optim.Adam(self.G.parameters(), lr=self.lr_g, betas=tuple(hp.betas))
+        # Multi-tensor Adam on every device (torch picks it on CUDA only): ~10 ops per step instead of per
+        # parameter. Not fused: Lightning refuses D's gradient clipping under mixed precision with a fused one.
+        opt_g = torch.optim.Adam(self.G.parameters(), lr=self.lr_g, betas=tuple(hp.betas), foreach=True)
         opt_d = torch.optim.Adam(self.D.parameters(), lr=hp.lr_d * self.r1_ratio,
-                                 betas=tuple(b ** self.r1_ratio for b in hp.betas))
+                                 betas=tuple(b ** self.r1_ratio for b in hp.betas), foreach=True)
         return [opt_g, opt_d]
 
     def configure_callbacks(self) -> list[Callback]:
