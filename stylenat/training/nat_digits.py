@@ -1,6 +1,6 @@
 """``nat_digits``: an offline feature extractor for the digits demo, so its Fréchet distance can be tracked.
 
-clean-fid's Inception cannot be downloaded on an offline machine and means little on 32x32 digits, so the
+clean-fid's Inception cannot be downloaded on an offline machine and means little on 16x16 digits, so the
 CPU demo (``configs/demo.yaml``) measures its samples with a network trained on the same data: a small
 NAT (the recipe of ``configs/nat_digits.yaml``, read by :func:`recipe_from_config`; 0.45 M parameters)
 trained with a fixed seed on the digits *train* split, about a minute on two CPU cores, ~99% top-1 on the

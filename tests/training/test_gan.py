@@ -340,26 +340,29 @@ def test_gan_configs_parse(name, capsys, monkeypatch):
 
 @pytest.mark.parametrize("name", GAN_CONFIGS)
 def test_gan_configs_show_the_presets_stage_attention(name):
-    """Each GAN config spells out its preset's kernels and dilations per stage (no other way to get them)."""
+    """Each GAN config spells out its preset's kernels and dilations per stage (no other way to get them), for
+    the stages of its size (the demo runs the demo preset at 16 px: its first two neighborhood stages)."""
     init_args = yaml.safe_load((CONFIGS / name).read_text())["model"]["init_args"]
-    preset = PRESETS[init_args["generator"]]
-    assert init_args["generator_kwargs"]["kernels"] == preset["kernels"]
-    assert init_args["generator_kwargs"]["dilations"] == preset["dilations"]
+    preset, kwargs = PRESETS[init_args["generator"]], init_args["generator_kwargs"]
+    stages = int(math.log2(kwargs.get("size", preset["size"]))) - 2  # 8 px, 16 px, ...
+    assert len(kwargs["kernels"]) == len(kwargs["dilations"]) == stages
+    assert kwargs["kernels"] == preset["kernels"][:stages]
+    assert kwargs["dilations"] == preset["dilations"][:stages]
 
 
 @pytest.mark.filterwarnings("ignore:LightningCLI's args parameter")
 def test_config_links_and_a_stage_dilation_override(tmp_path):
     """One flag moves the run directory (the logger follows); data.resolution follows the generator; a dilation
     changed in the config reaches the built generator."""
-    dilations = "[[1], [1, 2], [1, 2]]"  # the 32 px stage: dilation 2 instead of the preset's 4
+    dilations = "[[1], [2]]"  # the 16 px stage: all heads at dilation 2 instead of the preset's split 1 | 2
     cli = lightning_cli(["--config", str(CONFIGS / "demo.yaml"), "--trainer.default_root_dir", str(tmp_path),
                          "--model.generator_kwargs.dilations", dilations], run=False)
     assert cli.trainer.default_root_dir == str(tmp_path) and cli.trainer.logger.save_dir == str(tmp_path)
-    assert cli.datamodule.hparams.resolution == cli.model.G.size == 32
-    attn = cli.model.G.synthesis.stages[3].blocks[0].attn
-    assert PRESETS["demo"]["dilations"][2] == [1, 4] and attn.pattern == [(7, 1), (7, 2)]
-    assert cli.model.G_ema.synthesis.stages[3].blocks[0].attn.pattern == [(7, 1), (7, 2)]
-    assert cli.model.G.synthesis.stages[2].blocks[0].attn.pattern == [(7, 1), (7, 2)]  # 16 px unchanged
+    assert cli.datamodule.hparams.resolution == cli.model.G.size == cli.model.D.size == 16
+    attn = cli.model.G.synthesis.stages[2].blocks[0].attn
+    assert PRESETS["demo"]["dilations"][1] == [1, 2] and attn.pattern == [(7, 2)]
+    assert cli.model.G_ema.synthesis.stages[2].blocks[0].attn.pattern == [(7, 2)]
+    assert cli.model.G.synthesis.stages[1].blocks[0].attn.pattern == [(7, 1)]  # 8 px unchanged
 
 
 @pytest.mark.parametrize("config, flag, source", [
