@@ -5,17 +5,17 @@
         - class_path: stylenat.training.metrics_callback.MetricsCallback
           init_args: {metrics: [fid], every_kimg: 500, ref: "ffhq:256:trainval70k"}
 
-Progress is the LightningModule's ``cur_nimg`` (real images shown to D), not the global step. Each time
-it passes a multiple of ``every_kimg`` thousand, ``num_samples_during`` images of ``pl_module.G_ema``
-(seeds ``seed + i``, truncation ``truncation``) are measured against the reference statistics; at the end
-of training, ``num_samples_final`` of them (unless the last periodic evaluation measured the same images).
-Every rank takes part (the metrics package shares the sampling out under DDP and gathers the features). Each record is logged to the trainer's loggers as
-``metrics/<name>`` at the global step and appended (rank 0) to ``<run_dir>/metric-<name>.jsonl`` with its
-full protocol. With ``monitor_best``, whenever the first configured metric of a periodic evaluation
-improves, ``<run_dir>/checkpoints/best.ckpt`` is written through ``trainer.save_checkpoint``. The best
-value and the run id that every record carries are part of the callback's checkpointed state, so a resumed
-run keeps comparing against the best and an evaluation it redoes supersedes the earlier record
-(:func:`stylenat.metrics.read_metric_records`).
+Progress is the LightningModule's ``cur_nimg`` (real images shown to D), not the global step. Each time it
+passes a multiple of ``every_kimg`` thousand, ``num_samples_during`` images of ``pl_module.G_ema`` (seeds
+``seed + i``, truncation ``truncation``) are measured against the reference statistics; at the end of
+training, ``num_samples_final`` of them (unless the last periodic evaluation measured the same images). Every
+rank takes part (the metrics package shares the sampling out under DDP and gathers the features). Each record
+is logged to the trainer's loggers as ``metrics/<name>`` at the global step and appended (rank 0) to
+``<run_dir>/metric-<name>.jsonl`` with its full protocol. With ``monitor_best``, whenever the first configured
+metric of a periodic evaluation improves, ``<run_dir>/checkpoints/best.ckpt`` is written through
+``trainer.save_checkpoint``. The best value and the run id that every record carries are part of the
+callback's checkpointed state, so a resumed run keeps comparing against the best and an evaluation it redoes
+supersedes the earlier record (:func:`stylenat.metrics.read_metric_records`).
 
 Metric words: ``"fid"`` is the Fréchet distance (measured at every evaluation), ``"kid"`` the kernel
 distance, both in the extractor's features; ``"readable"`` the share of samples a classifier extractor is
