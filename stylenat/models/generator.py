@@ -6,7 +6,9 @@ checkpoints load through ``stylenat.models.convert`` and reproduce its images.
 
 Mapping: pixel norm, then equalized linear layers with leaky ReLU and learning-rate multiplier 0.01.
 We add what the reference lacks: a tracked ``w_avg`` (EMA of w during training), truncation
-(``psi``, ``cutoff``) and style-mixing regularisation (``style_mixing_prob``, 0 by default as in the paper).
+(``psi``, ``cutoff``), style-mixing regularisation (``style_mixing_prob``, 0 by default as in the paper) and,
+off by default, a mixture-of-Gaussians latent (``latent_modes``, see :func:`mixture_latents`) for data made of
+a few separate kinds of image, such as the demo's ten digits.
 
 Synthesis: a learned 4x4 constant, then one stage per resolution 4, 8, ..., size. A stage is two style
 blocks (``x += Attn(AdaIN(x, w))``, ``x += MLP(AdaIN(x, w))``, one w per block, so ``num_ws = 2 * stages``);
@@ -40,16 +42,43 @@ from stylenat.models.layers import AdaIN, EqualLinear, FIRFilter2d, Mlp, pixel_n
 # Mapping network
 
 
+LATENT_MEANS_SEED = 0
+"""Seed of the component means of :func:`mixture_latents` (drawn once at construction, then kept in the state dict)."""
+
+
+def mixture_latents(z: Tensor, means: Tensor) -> Tensor:
+    """Map ``z ~ N(0, I)`` ``[B, z_dim]`` to a draw of the equal-weight mixture of the Gaussians ``N(means[k], I)``.
+
+    ``means`` ``[K, z_dim]``. The component is read off the first coordinate of z, cut at the normal quantiles
+    into K bins of probability 1/K each, ``k = floor(K * Phi(z[:, 0]))``; the draw is ``z + means[k]``. Every
+    component is so picked with probability 1/K, and latents between two components are never drawn: a
+    generator can give each component one kind of image without a continuum of blends between them. (Within
+    component k the first coordinate is the normal restricted to its bin; the others are N(0, 1).)
+    """
+    num_modes = means.shape[0]
+    component = (torch.special.ndtr(z[:, 0].float()) * num_modes).long().clamp_(0, num_modes - 1)
+    return z + means[component].to(z.dtype)
+
+
 class MappingNetwork(nn.Module):
     """z -> w: pixel norm, ``num_layers`` equalized linear layers (leaky ReLU, ``lr_mul``), broadcast to ws.
 
-    ``w_avg`` tracks the mean w (EMA with ``w_avg_beta``) for truncation.
+    ``w_avg`` tracks the mean w (EMA with ``w_avg_beta``) for truncation. With ``latent_modes`` K >= 2, z first
+    becomes a draw of a mixture of K unit Gaussians (:func:`mixture_latents`) whose means ``latent_means``
+    ``[K, z_dim]`` are fixed ``N(0, I)`` draws (seed :data:`LATENT_MEANS_SEED`), a buffer in the state dict.
     """
 
     def __init__(self, z_dim: int, w_dim: int, num_ws: int, num_layers: int = 8, lr_mul: float = 0.01,
-                 w_avg_beta: float = 0.995):
+                 w_avg_beta: float = 0.995, latent_modes: int = 0):
         super().__init__()
+        if latent_modes == 1 or latent_modes < 0:
+            raise ValueError(f"latent_modes must be 0 (a plain Gaussian latent) or at least 2, got {latent_modes}")
         self.z_dim, self.w_dim, self.num_ws, self.w_avg_beta = z_dim, w_dim, num_ws, w_avg_beta
+        self.latent_modes = latent_modes
+        if latent_modes:
+            means = torch.randn(latent_modes, z_dim, device="cpu",
+                                generator=torch.Generator().manual_seed(LATENT_MEANS_SEED))
+            self.register_buffer("latent_means", means)
         dims = [z_dim] + [w_dim] * num_layers
         self.layers = nn.ModuleList(EqualLinear(i, o, lr_mul=lr_mul, activation="lrelu")
                                     for i, o in zip(dims[:-1], dims[1:]))
@@ -65,6 +94,8 @@ class MappingNetwork(nn.Module):
             update_w_avg: update the ``w_avg`` EMA with this batch's w (before truncation);
                 default: when the module is in training mode.
         """
+        if self.latent_modes:
+            z = mixture_latents(z, self.latent_means)
         w = pixel_norm(z)
         for layer in self.layers:
             w = layer(w)
@@ -79,7 +110,8 @@ class MappingNetwork(nn.Module):
         return ws
 
     def extra_repr(self) -> str:
-        return f"z_dim={self.z_dim}, w_dim={self.w_dim}, num_ws={self.num_ws}, w_avg_beta={self.w_avg_beta}"
+        modes = f", latent_modes={self.latent_modes}" if self.latent_modes else ""
+        return f"z_dim={self.z_dim}, w_dim={self.w_dim}, num_ws={self.num_ws}, w_avg_beta={self.w_avg_beta}{modes}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,6 +284,9 @@ class Generator(nn.Module):
             The 4x4 stage has full attention and takes no entry.
         z_dim, w_dim: latent and style widths.
         mapping_layers, mapping_lr_mul: depth and learning-rate multiplier of the mapping network.
+        latent_modes: 0 (the paper's): z goes to the mapping as drawn; K >= 2: z is first mapped to a draw of
+            a mixture of K Gaussians (:func:`mixture_latents`). Callers still feed ``z ~ N(0, I)``, so seeds,
+            interpolation, truncation and the metrics' sampling are unchanged.
         channel_base, channel_max: the width schedule above.
         head_channels, min_heads: the head-count rule above.
         mlp_ratio: MLP hidden width over the block width.
@@ -265,7 +300,7 @@ class Generator(nn.Module):
     def __init__(self, size: int = 256, kernels: Sequence[Sequence[int]] = ((7,),) * 6,
                  dilations: Sequence[Sequence[int]] = ((1,), (1, 2), (1, 4), (1, 8), (1, 16), (1, 32)),
                  z_dim: int = 512, w_dim: int = 512, mapping_layers: int = 8, mapping_lr_mul: float = 0.01,
-                 channel_base: int = 32768, channel_max: int = 512, head_channels: int = 32, min_heads: int = 4,
+                 latent_modes: int = 0, channel_base: int = 32768, channel_max: int = 512, head_channels: int = 32, min_heads: int = 4,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, style_mixing_prob: float = 0.0,
                  w_avg_beta: float = 0.995, backend: str = "auto"):
         super().__init__()
@@ -287,7 +322,8 @@ class Generator(nn.Module):
         self.style_mixing_prob = style_mixing_prob
         self.synthesis = SynthesisNetwork(size, w_dim, channels, num_heads, patterns, mlp_ratio, qkv_bias, backend)
         self.num_ws = self.synthesis.num_ws
-        self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers, mapping_lr_mul, w_avg_beta)
+        self.mapping = MappingNetwork(z_dim, w_dim, self.num_ws, mapping_layers, mapping_lr_mul, w_avg_beta,
+                                      latent_modes)
 
     def forward(self, z: Tensor, psi: float = 1.0, cutoff: Optional[int] = None,
                 update_w_avg: Optional[bool] = None) -> Tensor:

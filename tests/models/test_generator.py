@@ -8,7 +8,9 @@ import torch
 
 import natten_ops
 from stylenat.models.attention import HydraNeighborhoodAttention
-from stylenat.models.generator import PRESETS, Generator, RelativePositionAttention, create_generator
+from stylenat.checkpoints import load_generator
+from stylenat.models import save_generator
+from stylenat.models.generator import PRESETS, Generator, RelativePositionAttention, create_generator, mixture_latents
 from stylenat.models.layers import AdaIN
 
 
@@ -181,6 +183,46 @@ def test_style_mixing_switches_styles_at_a_cutoff():
     G.style_mixing_prob = 0.0
     ws = G.mapping(z)
     assert torch.equal(G.mix_styles(ws), ws)
+
+
+def test_mixture_latents_take_the_component_of_the_first_coordinates_quantile_bin():
+    means = torch.randn(4, 6)
+    z = torch.randn(4, 6)
+    z[:, 0] = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor([0.1, 0.3, 0.6, 0.9]))  # bins of 1/4
+    torch.testing.assert_close(mixture_latents(z, means), z + means, rtol=0, atol=0)
+    many = torch.randn(40_000, 6)
+    picked = torch.cdist(mixture_latents(many, means) - many, means).argmin(1)  # each row moved by one mean
+    shares = torch.bincount(picked, minlength=4) / len(many)
+    torch.testing.assert_close(shares, torch.full((4,), 0.25), rtol=0, atol=0.01)
+    extremes = torch.zeros(2, 6)
+    extremes[:, 0] = torch.tensor([-40.0, 40.0])  # Phi = 0 and 1: the first and the last component
+    torch.testing.assert_close(mixture_latents(extremes, means), extremes + means[[0, 3]], rtol=0, atol=0)
+
+
+def test_latent_modes_feed_the_mapping_a_mixture_draw_with_seeded_means_kept_in_the_state_dict(tmp_path):
+    torch.manual_seed(1)
+    G = create_generator("demo", size=16, kernels=[[7], [7]], dilations=[[1], [1]], latent_modes=3).eval()
+    torch.manual_seed(2)
+    again = create_generator("demo", size=16, kernels=[[7], [7]], dilations=[[1], [1]], latent_modes=3)
+    assert G.mapping.latent_means.shape == (3, G.z_dim)
+    assert torch.equal(G.mapping.latent_means, again.mapping.latent_means)  # not drawn from the global RNG
+    assert "mapping.latent_means" in G.state_dict()
+    plain = create_generator("demo", size=16, kernels=[[7], [7]], dilations=[[1], [1]]).eval()
+    missing, unexpected = plain.load_state_dict(G.state_dict(), strict=False)
+    assert (missing, unexpected) == ([], ["mapping.latent_means"])
+    z = torch.randn(5, G.z_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(G(z), plain(mixture_latents(z, G.mapping.latent_means)), rtol=0, atol=0)
+        assert not torch.allclose(G(z), plain(z))
+    save_generator(G, tmp_path / "G.safetensors", "demo", dict(size=16, kernels=[[7], [7]], dilations=[[1], [1]],
+                                                               latent_modes=3), {})
+    loaded, info = load_generator(tmp_path / "G.safetensors")
+    assert info["overrides"]["latent_modes"] == 3
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(z), G(z), rtol=0, atol=0)
+    for bad in (1, -2):
+        with pytest.raises(ValueError, match=f"latent_modes must be 0 .* or at least 2, got {bad}"):
+            create_generator("demo", latent_modes=bad)
 
 
 def test_bad_configs_fail_at_construction_naming_the_stage():
