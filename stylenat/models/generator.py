@@ -71,7 +71,7 @@ class MappingNetwork(nn.Module):
     def __init__(self, z_dim: int, w_dim: int, num_ws: int, num_layers: int = 8, lr_mul: float = 0.01,
                  w_avg_beta: float = 0.995, latent_modes: int = 0):
         super().__init__()
-        if latent_modes == 1 or latent_modes < 0:
+        if not isinstance(latent_modes, int) or latent_modes == 1 or latent_modes < 0:
             raise ValueError(f"latent_modes must be 0 (a plain Gaussian latent) or at least 2, got {latent_modes}")
         self.z_dim, self.w_dim, self.num_ws, self.w_avg_beta = z_dim, w_dim, num_ws, w_avg_beta
         self.latent_modes = latent_modes
@@ -284,9 +284,6 @@ class Generator(nn.Module):
             The 4x4 stage has full attention and takes no entry.
         z_dim, w_dim: latent and style widths.
         mapping_layers, mapping_lr_mul: depth and learning-rate multiplier of the mapping network.
-        latent_modes: 0 (the paper's): z goes to the mapping as drawn; K >= 2: z is first mapped to a draw of
-            a mixture of K Gaussians (:func:`mixture_latents`). Callers still feed ``z ~ N(0, I)``, so seeds,
-            interpolation, truncation and the metrics' sampling are unchanged.
         channel_base, channel_max: the width schedule above.
         head_channels, min_heads: the head-count rule above.
         mlp_ratio: MLP hidden width over the block width.
@@ -295,14 +292,17 @@ class Generator(nn.Module):
             latents from a random cutoff on (style-mixing regularisation).
         w_avg_beta: EMA decay of the tracked mean w.
         backend: natten_ops backend of the neighborhood attention ("auto", "cpu", "flex", "reference", ...).
+        latent_modes: 0 (the paper's): z goes to the mapping as drawn; K >= 2: z is first mapped to a draw of
+            a mixture of K Gaussians (:func:`mixture_latents`). Callers still feed ``z ~ N(0, I)``, so seeds,
+            interpolation, truncation and the metrics' sampling are unchanged.
     """
 
     def __init__(self, size: int = 256, kernels: Sequence[Sequence[int]] = ((7,),) * 6,
                  dilations: Sequence[Sequence[int]] = ((1,), (1, 2), (1, 4), (1, 8), (1, 16), (1, 32)),
                  z_dim: int = 512, w_dim: int = 512, mapping_layers: int = 8, mapping_lr_mul: float = 0.01,
-                 latent_modes: int = 0, channel_base: int = 32768, channel_max: int = 512, head_channels: int = 32, min_heads: int = 4,
+                 channel_base: int = 32768, channel_max: int = 512, head_channels: int = 32, min_heads: int = 4,
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, style_mixing_prob: float = 0.0,
-                 w_avg_beta: float = 0.995, backend: str = "auto"):
+                 w_avg_beta: float = 0.995, backend: str = "auto", latent_modes: int = 0):
         super().__init__()
         if size < 8 or size & (size - 1):
             raise ValueError(f"size must be a power of two >= 8, got {size}")

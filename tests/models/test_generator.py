@@ -220,7 +220,7 @@ def test_latent_modes_feed_the_mapping_a_mixture_draw_with_seeded_means_kept_in_
     assert info["overrides"]["latent_modes"] == 3
     with torch.no_grad():
         torch.testing.assert_close(loaded(z), G(z), rtol=0, atol=0)
-    for bad in (1, -2):
+    for bad in (1, -2, 2.5):
         with pytest.raises(ValueError, match=f"latent_modes must be 0 .* or at least 2, got {bad}"):
             create_generator("demo", latent_modes=bad)
 
