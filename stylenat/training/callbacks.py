@@ -265,7 +265,8 @@ class KimgCheckpoint(KimgScheduled, ModelCheckpoint):
             return
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         if self.schedule.at_mark(pl_module.cur_nimg):  # every rank calls it; the strategy writes once
-            trainer.save_checkpoint(Path(self.dirpath) / f"kimg{kimg_label(pl_module.cur_nimg)}.ckpt")
+            trainer.save_checkpoint(Path(self.dirpath) / f"kimg{kimg_label(pl_module.cur_nimg)}.ckpt",
+                                    weights_only=self.save_weights_only)
 
 
 class KimgProgressBar(TQDMProgressBar):

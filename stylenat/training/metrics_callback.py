@@ -152,7 +152,9 @@ class MetricsCallback(Callback):
             value = next(r["value"] for r in records if r["metric"] == name)
             if value < self.best:
                 self.best = value
-                trainer.save_checkpoint(self.best_path)  # every rank calls it; the strategy writes once
+                # every rank calls it; the strategy writes once. A full checkpoint (resumable), said explicitly
+                # so Lightning does not announce its default on every save.
+                trainer.save_checkpoint(self.best_path, weights_only=False)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.num_samples_final and self._last_measured != (int(pl_module.cur_nimg), self.num_samples_final):

@@ -1,6 +1,7 @@
 """MetricsCallback: a real (tiny) Trainer run, and the best-checkpoint logic on scripted metric values."""
 
 import json
+import logging
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -48,7 +49,8 @@ class DummyGAN(LightningModule):
         return torch.optim.SGD([self.weight], lr=0.1)
 
 
-def test_trainer_run_logs_records_and_keeps_the_best(tmp_path):
+def test_trainer_run_logs_records_and_keeps_the_best(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     real = write_pngs(tmp_path / "real", random_images(16, seed=0, res=32))
     callback = MetricsCallback(metrics=["fid", "kid", "readable"], every_kimg=0.016, num_samples_during=8, num_samples_final=12,
                                ref_data=str(real), extractor=f"{__name__}:tiny_factory", batch_size=8)
@@ -79,6 +81,8 @@ def test_trainer_run_logs_records_and_keeps_the_best(tmp_path):
     assert events.Scalars("metrics/readable_tiny8_relative")[0].value == pytest.approx(readable[0]["relative"])
 
     best = torch.load(run_dir / "checkpoints" / "best.ckpt", weights_only=False)
+    assert "optimizer_states" in best  # a full, resumable checkpoint, asked for so Lightning stays quiet about it
+    assert not [r.getMessage() for r in caplog.records if "weights_only" in r.getMessage()]
     assert best["callbacks"][callback.state_key] == {"best": during[0]["value"], "run_id": callback.run_id}
     assert {r["run_id"] for r in during} == {callback.run_id}
     assert torch.equal(module.G_ema.mapping.w_avg, w_avg)  # sampled in eval mode: no w_avg update
@@ -97,7 +101,7 @@ def test_best_checkpoint_only_when_the_metric_improves(monkeypatch, tmp_path):
                         lambda *args, **kwargs: SimpleNamespace(covers_dataset=False))
     saved, logged = [], []
     trainer = SimpleNamespace(global_step=0, datamodule=None, is_global_zero=True,
-                              save_checkpoint=lambda path: saved.append((path, callback.best)),
+                              save_checkpoint=lambda path, weights_only: saved.append((path, callback.best)),
                               loggers=[SimpleNamespace(log_metrics=lambda metrics, step: logged.append(metrics))])
     module = SimpleNamespace(G_ema=create_generator("demo"), cur_nimg=0, device=torch.device("cpu"))
 
@@ -137,8 +141,8 @@ def test_final_evaluation_is_not_a_repeat_of_the_last_one(monkeypatch, tmp_path,
     monkeypatch.setattr(metrics_callback, "evaluate_generator", fake_evaluate)
     monkeypatch.setattr(metrics_callback, "build_reference",
                         lambda *args, **kwargs: SimpleNamespace(covers_dataset=False))
-    trainer = SimpleNamespace(global_step=0, datamodule=None, is_global_zero=True, save_checkpoint=lambda path: None,
-                              loggers=[])
+    trainer = SimpleNamespace(global_step=0, datamodule=None, is_global_zero=True,
+                              save_checkpoint=lambda path, weights_only: None, loggers=[])
     module = SimpleNamespace(G_ema=create_generator("demo"), cur_nimg=0, device=torch.device("cpu"))
     callback = MetricsCallback(every_kimg=1, num_samples_during=10, num_samples_final=num_samples_final,
                                ref_data="unused", extractor=tiny_extractor(), run_dir=str(tmp_path))
