@@ -294,7 +294,8 @@ class Generator(nn.Module):
         backend: natten_ops backend of the neighborhood attention ("auto", "cpu", "flex", "reference", ...).
         latent_modes: 0 (the paper's): z goes to the mapping as drawn; K >= 2: z is first mapped to a draw of
             a mixture of K Gaussians (:func:`mixture_latents`). Callers still feed ``z ~ N(0, I)``, so seeds,
-            interpolation, truncation and the metrics' sampling are unchanged.
+            truncation and the metrics' sampling are unchanged; an interpolation in z jumps where its first
+            coordinate crosses into another component.
     """
 
     def __init__(self, size: int = 256, kernels: Sequence[Sequence[int]] = ((7,),) * 6,
